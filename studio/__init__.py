@@ -1,0 +1,2 @@
+"""studio: a browser-based fine-tuning studio for large language models."""
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""Run folders: layout, status and listing.
+
+    RUN_DIR/spec.yaml        the resolved spec the child reads
+    RUN_DIR/events.jsonl     the event stream (see events.py)
+    RUN_DIR/output.log       everything the child printed
+    RUN_DIR/job.json         {pid, pgid, argv, started, host} of the running child (written by launch.py)
+    RUN_DIR/adapter/ model/ checkpoint-N/ predictions.jsonl metrics.json export/
+
+Status is derived, never stored: a final event decides it; otherwise the child's process group is
+alive (running), the job is waiting its turn (queued), or it died without a word (crashed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio import events as ev
+
+JOB = "job.json"
+QUEUED = "queued.json"
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    status: str
+    task: str = "train"
+    model: str = ""
+    datasets: str = ""
+    method: str = ""
+    started: float | None = None
+    step: int = 0
+    total_steps: int = 0
+    last_loss: float | None = None
+    message: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg succeeds while zombies remain; look for a live member
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def job_info(run_dir: str | Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / JOB).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_running(run_dir: str | Path) -> bool:
+    info = job_info(run_dir)
+    return bool(info) and group_alive(info["pgid"])
+
+
+def status(run_dir: str | Path, events: list[dict] | None = None) -> str:
+    run_dir = Path(run_dir)
+    events = ev.read_all(run_dir) if events is None else events
+    last = ev.final(events)
+    if last:
+        return last["event"]
+    if is_running(run_dir):
+        return "running"
+    if (run_dir / QUEUED).exists():
+        return "queued"
+    if job_info(run_dir):
+        return "crashed"
+    return "new"
+
+
+def info(run_dir: str | Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    events = ev.read_all(run_dir)
+    r = RunInfo(path=run_dir, status=status(run_dir, events))
+    try:
+        import yaml
+
+        spec = yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
+    except Exception:
+        spec = {}
+    r.task = spec.get("task", "train")
+    r.model = (spec.get("model") or {}).get("name_or_path", "")
+    r.datasets = ",".join((spec.get("data") or {}).get("dataset") or [])
+    m = spec.get("method") or {}
+    r.method = f"{m.get('stage', '')}/{m.get('finetuning_type', '')}".strip("/")
+    for e in events:
+        if e["event"] == "start":
+            r.started = e["t"]
+            r.total_steps = e.get("total_steps") or 0
+        elif e["event"] == "log":
+            r.step = e.get("step", r.step)
+            if e.get("loss") is not None:
+                r.last_loss = e["loss"]
+        elif e["event"] == "error":
+            r.message = e.get("message", "")
+    if r.started is None:
+        job = job_info(run_dir)
+        r.started = job.get("started") if job else None
+    return r
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "spec.yaml").is_file()
+
+
+def list_runs(root: str | Path = "runs") -> list[RunInfo]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
+    runs = [info(p) for p in found]
+    runs.sort(key=lambda r: r.started or 0, reverse=True)
+    return runs
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    cks = []
+    for p in Path(run_dir).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and p.is_dir():
+            cks.append((int(m.group(1)), p))
+    return max(cks)[1] if cks else None
+
+
+def unique_dir(root: str | Path, name: str) -> Path:
+    """runs/NAME, or runs/NAME-2, -3 ... if taken."""
+    root = Path(root)
+    p = root / name
+    i = 2
+    while p.exists():
+        p = root / f"{name}-{i}"
+        i += 1
+    return p
+
+
+def stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")

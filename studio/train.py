@@ -1,0 +1,246 @@
+"""Training entry point: reads RUN_DIR/spec.yaml, trains with TRL's SFTTrainer, writes events and results.
+
+    python -m studio.train runs/identity_lora          (what `studio train SPEC` starts in the background)
+
+setup (tokenizer, data, model, method) -> SFTTrainer -> train -> save adapter/ or model/ -> `done`.
+SIGTERM or SIGINT: stop after the current step, save a checkpoint and the adapter, write `aborted`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from studio import events as ev
+from studio import spec as specmod
+
+USER_ERRORS = ()  # filled in main() once the modules are imported
+
+
+class Aborted(Exception):
+    pass
+
+
+class _Stop:
+    requested = False
+    training = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.requested = True
+        if not cls.training:
+            raise Aborted()
+
+
+def _dist_any(flag: bool) -> bool:
+    """True on every rank if any rank has `flag` (so all ranks stop at the same step)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    import torch
+
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
+    from transformers import TrainerCallback
+
+    class EventCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.time()
+            self.step0 = state.global_step
+            self.tokens0 = state.num_input_tokens_seen or 0
+            self.last_t, self.last_tokens = self.t0, self.tokens0
+            writer.write("start", task="train", total_steps=state.max_steps, resumed_from=self.step0, **extra_start)
+
+        def on_step_end(self, args, state, control, **kw):
+            if _dist_any(_Stop.requested):
+                _Stop.requested = True
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            now = time.time()
+            if "eval_loss" in logs:
+                writer.write("eval", step=state.global_step, eval_loss=logs["eval_loss"])
+                return
+            if "loss" not in logs:
+                return
+            tokens = state.num_input_tokens_seen or 0
+            dt = max(now - self.last_t, 1e-9)
+            tps = (tokens - self.last_tokens) / dt
+            self.last_t, self.last_tokens = now, tokens
+            done = state.global_step - self.step0
+            elapsed = now - self.t0
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else None
+            writer.write("log", step=state.global_step, total_steps=state.max_steps, epoch=round(state.epoch or 0, 4),
+                         loss=logs.get("loss"), learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                         tokens_per_second=round(tps, 1), tokens_seen=tokens, elapsed_s=round(elapsed, 2),
+                         eta_s=round(eta, 1) if eta is not None else None)
+
+        def on_save(self, args, state, control, **kw):
+            writer.write("checkpoint", step=state.global_step, path=str(run_dir / f"checkpoint-{state.global_step}"))
+
+    return EventCallback()
+
+
+def _ckpt(on: bool) -> dict:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
+
+
+def sft_config(spec, run_dir: Path, has_eval: bool):
+    import torch
+    from trl import SFTConfig
+
+    from studio.models import compute_dtype
+
+    t, d = spec.train, spec.data
+    dtype = compute_dtype(t.compute_dtype)
+    warmup = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
+    prompt_style = spec.method.finetuning_type in ("prefix", "prompt", "ptuning", "ptuning_v2")
+    kw = {}
+    if spec.launch.deepspeed:
+        from studio.deepspeed import config_for
+
+        kw["deepspeed"] = config_for(spec.launch.deepspeed)
+    if has_eval:
+        kw.update(eval_strategy="steps" if t.eval_steps else "epoch", eval_steps=t.eval_steps, per_device_eval_batch_size=t.per_device_train_batch_size)
+    return SFTConfig(
+        output_dir=str(run_dir),
+        learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=warmup, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        optim=t.optim, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        **_ckpt(t.gradient_checkpointing), neftune_noise_alpha=t.neftune_alpha,
+        logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
+        report_to=[] if t.report_to == "none" else [t.report_to], disable_tqdm=True, logging_first_step=True,
+        include_num_input_tokens_seen="non_padding", max_length=d.cutoff_len,
+        packing=d.packing and not prompt_style, packing_strategy="bfd", padding_free=d.packing and not prompt_style,
+        shuffle_dataset=d.seed_shuffle, dataset_num_proc=None, remove_unused_columns=True,
+        use_cpu=not torch.cuda.is_available(), save_only_model=False, ddp_find_unused_parameters=False if spec.launch.nproc_per_node > 1 else None,
+        **kw,
+    )
+
+
+def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
+    import torch
+    from trl import SFTTrainer
+
+    from studio import methods, models
+    from studio.data import encode
+    from studio.data.templates import Template
+
+    if spec.train.num_threads:
+        torch.set_num_threads(spec.train.num_threads)
+    t0 = time.time()
+    tokenizer = models.load_tokenizer(spec.model.name_or_path, spec.model.trust_remote_code)
+    template = Template(spec.model.template, tokenizer)
+    train_ds, eval_ds, report = encode.build(spec, tokenizer, template)
+    writer.write("message", text=f"data: {report.examples} examples, {report.tokens} tokens, {report.trained_tokens} trained tokens, "
+                                 f"{report.truncated} cut at cutoff_len, {report.dropped} dropped ({time.time() - t0:.1f}s)")
+    model = models.load_model(spec.model, spec.train.compute_dtype, for_training=True)
+    args = sft_config(spec, run_dir, eval_ds is not None)
+    steps_per_epoch = math.ceil(len(train_ds) / (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)))
+    total = spec.train.max_steps if spec.train.max_steps > 0 else math.ceil(steps_per_epoch * spec.train.num_train_epochs)
+    model = methods.apply(spec, model, total_steps=total)
+    if spec.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    trainable, total_params = methods.count_params(model)
+    callback = make_callback(writer, run_dir, {"num_examples": len(train_ds), "trainable_params": trainable,
+                                               "total_params": total_params, "data": vars(report) | {"issues": None}})
+    optimizers = (None, None)
+    if spec.method.finetuning_type == "lora" and spec.method.lora.loraplus_lr_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+
+        opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=spec.train.learning_rate,
+                                        loraplus_lr_ratio=spec.method.lora.loraplus_lr_ratio, weight_decay=spec.train.weight_decay)
+        optimizers = (opt, None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                         callbacks=[callback], optimizers=optimizers)
+    if spec.method.finetuning_type == "adalora":
+        from studio.methods import adalora_callback
+
+        trainer.add_callback(adalora_callback())
+    resume = spec.train.resume_from_checkpoint
+    if resume == "auto":
+        from studio.runs import last_checkpoint
+
+        ck = last_checkpoint(run_dir)
+        resume = str(ck) if ck else None
+        writer.write("message", text=f"resuming from {ck}" if ck else "no checkpoint to resume from: starting fresh")
+    _Stop.training = True
+    if _Stop.requested:
+        raise Aborted()
+    result = trainer.train(resume_from_checkpoint=resume)
+    _Stop.training = False
+    out = save(spec, trainer, run_dir, template)
+    metrics = {"step": trainer.state.global_step, "train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
+               "trainable_params": trainable, "total_params": total_params, **out}
+    if eval_ds is not None and not _Stop.requested:
+        metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
+    if _Stop.requested:
+        metrics["aborted"] = True
+    return metrics
+
+
+def save(spec, trainer, run_dir: Path, template) -> dict:
+    """Rank 0 writes adapter/ (PEFT) or model/ (full, freeze), with the tokenizer and the template used."""
+    from studio import methods
+
+    target = run_dir / ("adapter" if methods.is_peft(spec) else "model")
+    trainer.save_model(str(target))
+    if trainer.is_world_process_zero():
+        tok = trainer.processing_class
+        if template.builtin:
+            tok.chat_template = template.chat_template()
+        tok.save_pretrained(str(target))
+        specmod.dump(spec, target / "spec.yaml")
+    return {"path": str(target)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    run_dir = Path(argv[0])
+    writer = ev.EventWriter(run_dir)
+    signal.signal(signal.SIGTERM, _Stop.handler)
+    signal.signal(signal.SIGINT, _Stop.handler)
+    try:
+        spec = specmod.load(run_dir / "spec.yaml")
+        metrics = run(spec, run_dir, writer)
+        if metrics.pop("aborted", False):
+            writer.write("aborted", step=metrics["step"], checkpoint=str(run_dir / f"checkpoint-{metrics['step']}"), **metrics)
+            return 130
+        writer.write("done", **metrics)
+        return 0
+    except Aborted:
+        writer.write("aborted", step=0)
+        return 130
+    except Exception as e:  # every failure ends the job with an `error` event
+        from studio.errors import is_user_error
+
+        user = is_user_error(e)
+        tb = "" if user else traceback.format_exc()
+        writer.write("error", message=str(e) if user else f"{type(e).__name__}: {e}", traceback=tb, rank=int(os.environ.get("RANK", 0)))
+        print(("error: " + str(e)) if user else tb, file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
