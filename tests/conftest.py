@@ -60,3 +60,25 @@ def tiny_spec(tiny_model: Path, tmp_path: Path, data_dir: Path | str = ROOT / "d
             "train.gradient_accumulation_steps": 1, "train.learning_rate": 1e-2}
     base.update(over)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+IDENTITY_OVERRIDES: list[str] = []  # the shipped example as it is: it must teach the name in one run
+
+
+@pytest.fixture(scope="session")
+def identity_run(tmp_path_factory) -> Path:
+    """A finished `studio train examples/identity_lora.yaml` run on the default model (trained once per session).
+
+    Set STUDIO_IDENTITY_RUN to an existing finished run folder to reuse it while developing.
+    """
+    import subprocess
+
+    reuse = os.environ.get("STUDIO_IDENTITY_RUN")
+    if reuse and (Path(reuse) / "adapter" / "adapter_config.json").exists():
+        return Path(reuse)
+    out = tmp_path_factory.mktemp("identity") / "identity_lora"
+    cmd = [sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"),
+           f"output_dir={out}", f"data.dataset_dir={ROOT / 'data'}", *IDENTITY_OVERRIDES]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out
