@@ -153,6 +153,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     writer.write("message", text=f"data: {report.examples} examples, {report.tokens} tokens, {report.trained_tokens} trained tokens, "
                                  f"{report.truncated} cut at cutoff_len, {report.dropped} dropped ({time.time() - t0:.1f}s)")
     model = models.load_model(spec.model, spec.train.compute_dtype, for_training=True)
+    model.config.use_cache = False  # a KV cache in the forward pass would hide packed-sequence boundaries
     args = sft_config(spec, run_dir, eval_ds is not None)
     steps_per_epoch = math.ceil(len(train_ds) / (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)))
     total = spec.train.max_steps if spec.train.max_steps > 0 else math.ceil(steps_per_epoch * spec.train.num_train_epochs)
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = specmod.load(run_dir / "spec.yaml")
         metrics = run(spec, run_dir, writer)
         if metrics.pop("aborted", False):
-            writer.write("aborted", step=metrics["step"], checkpoint=str(run_dir / f"checkpoint-{metrics['step']}"), **metrics)
+            writer.write("aborted", checkpoint=str(run_dir / f"checkpoint-{metrics['step']}"), **metrics)
             return 130
         writer.write("done", **metrics)
         return 0
