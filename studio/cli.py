@@ -138,6 +138,10 @@ def cmd_runs(args) -> int:
         print(f"{r.name:<28} {r.status:<9} {r.task:<6} {r.method:<12} {r.datasets[:20]:<20} {steps:>9} {loss:>8}")
         if r.message:
             print(f"{'':<28} {r.message[:100]}")
+        if r.last_eval:
+            e = r.last_eval
+            scores = "  ".join(f"{k} {e[k]:.2f}" for k in ("rouge-l", "bleu-4", "eval_loss") if e.get(k) is not None)
+            print(f"{'':<28} eval: {scores} on {','.join(e.get('datasets', []))}  ({r.evals} evaluation(s), latest: {e.get('eval_run')})")
     return 0
 
 
@@ -169,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_runs)
 
     # verbs that live beside their module: each module's add_cli(sub) adds its subparser
+    __import__("studio.evaluate").evaluate.add_cli(sub)
     return p
 
 

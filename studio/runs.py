@@ -37,6 +37,8 @@ class RunInfo:
     total_steps: int = 0
     last_loss: float | None = None
     message: str = ""
+    last_eval: dict | None = None  # the latest line of RUN/evals.jsonl (written by studio eval)
+    evals: int = 0
 
     @property
     def name(self) -> str:
@@ -114,7 +116,8 @@ def info(run_dir: str | Path) -> RunInfo:
         spec = {}
     r.task = spec.get("task", "train")
     r.model = (spec.get("model") or {}).get("name_or_path", "")
-    r.datasets = ",".join((spec.get("data") or {}).get("dataset") or [])
+    data = spec.get("data") or {}
+    r.datasets = ",".join((r.task == "eval" and data.get("eval_dataset")) or data.get("dataset") or [])
     m = spec.get("method") or {}
     r.method = f"{m.get('stage', '')}/{m.get('finetuning_type', '')}".strip("/")
     for e in events:
@@ -125,12 +128,30 @@ def info(run_dir: str | Path) -> RunInfo:
             r.step = e.get("step", r.step)
             if e.get("loss") is not None:
                 r.last_loss = e["loss"]
+        elif e["event"] == "progress":  # eval and export jobs count samples, not steps
+            r.step = e.get("done", r.step)
         elif e["event"] == "error":
             r.message = e.get("message", "")
+    hist = _read_lines(run_dir / "evals.jsonl")
+    r.evals, r.last_eval = len(hist), (hist[-1] if hist else None)
     if r.started is None:
         job = job_info(run_dir)
         r.started = job.get("started") if job else None
     return r
+
+
+def _read_lines(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def is_run_dir(path: Path) -> bool:

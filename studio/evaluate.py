@@ -1,0 +1,525 @@
+"""Evaluation entry point: batched generation over datasets -> predictions.jsonl, metrics.json.
+
+    python -m studio.evaluate runs/eval_identity          (what `studio eval SPEC` starts in the background)
+
+plan (base model, adapters or run folders to compare) -> samples (prompt messages + reference answer) ->
+for each model: load -> generate in length-sorted, left-padded batches until the template's end of turn
+-> loss on the references -> score -> write. SIGTERM or SIGINT ends the job with `aborted`.
+
+A run folder evaluated here keeps a line per evaluation in RUN/evals.jsonl (metrics + this eval's folder),
+shown by `studio runs`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio import events as ev
+from studio import metrics as metricsmod
+from studio import spec as specmod
+
+HISTORY = "evals.jsonl"
+METRICS = "metrics.json"
+
+
+class Aborted(Exception):
+    pass
+
+
+@dataclass
+class Entry:
+    """One model to evaluate: the base (adapter None), an adapter on it, or a fully trained model folder."""
+    name: str
+    model: str  # base model name/path, or a full fine-tune's model/ folder
+    adapter: Path | None = None
+    template: str = "auto"
+    run: Path | None = None  # the training run folder, which keeps the evaluation history
+    predictions: str = "predictions.jsonl"
+
+
+@dataclass
+class Sample:
+    dataset: str
+    loc: str
+    messages: list  # the conversation up to the answer to predict (ends with a user turn)
+    label: str | None  # the reference answer (last assistant turn), None when the data has none
+
+
+# --- what to evaluate ---------------------------------------------------------------------------------
+
+
+def _run_spec(folder: Path) -> dict:
+    import yaml
+
+    for f in (folder / "spec.yaml", folder.parent / "spec.yaml"):
+        if f.exists():
+            return yaml.safe_load(f.read_text()) or {}
+    return {}
+
+
+def resolve(target: str, spec) -> Entry:
+    """An adapter folder, run folder or checkpoint -> Entry; refuses one trained on another base model."""
+    from studio import models
+
+    base = spec.model.name_or_path
+    if target == "base":
+        return Entry("base", base, template=spec.model.template)
+    p = Path(target)
+    if (p / "model" / "config.json").exists():  # a full or freeze run
+        folder, adapter = p / "model", None
+    else:
+        folder = adapter = models.find_adapter(p)
+    rs = _run_spec(folder)
+    trained_on = (rs.get("model") or {}).get("name_or_path") or models.adapter_base(folder)
+    if trained_on and not models.same_base(trained_on, base):
+        raise models.ModelError(f"{target} was trained on base model `{trained_on}`, but this evaluation uses `{base}`. "
+                                f"Set model.name_or_path={trained_on}, or choose an adapter trained on `{base}`.")
+    template = spec.model.template
+    if template == "auto":
+        template = (rs.get("model") or {}).get("template") or "auto"
+    run = folder.parent if (folder.parent / "spec.yaml").exists() else (folder if (folder / "spec.yaml").exists() else None)
+    name = run.name if run else folder.name
+    return Entry(name, str(folder) if adapter is None else base, adapter, template, run)
+
+
+def plan(spec) -> list[Entry]:
+    """The models of an eval spec: model.adapter (or the base), then eval.compare; `base` first when compared."""
+    targets = [spec.model.adapter or "base"] + [c for c in spec.eval.compare if c]
+    if "base" in targets:
+        targets = ["base"] + [t for t in targets if t != "base"]
+    entries, seen = [], set()
+    for t in dict.fromkeys(targets):
+        e = resolve(t, spec)
+        name, i = e.name, 2
+        while name in seen:
+            name, i = f"{e.name}-{i}", i + 1
+        e.name = name
+        seen.add(name)
+        entries.append(e)
+    if len(entries) > 1:
+        for e in entries:
+            e.predictions = f"predictions-{e.name}.jsonl"
+    return entries
+
+
+def eval_datasets(spec) -> list[str]:
+    return list(spec.data.eval_dataset or spec.data.dataset)
+
+
+def read_samples(spec) -> list[Sample]:
+    """Prompts and references of the eval datasets; a record without an answer becomes a prompt to predict."""
+    from studio.data import convert, readers, registry
+    from studio.data.encode import usable
+
+    d = spec.data
+    info = registry.read_info(d.dataset_dir)
+    out, issues = [], []
+    for name in eval_datasets(spec):
+        e = registry.entry(d.dataset_dir, name, info)
+        usable(e, "sft")
+        records, iss = readers.read_entry(e)
+        issues += iss
+        limit = min(x for x in (d.max_samples, e.num_samples) if x) if (d.max_samples or e.num_samples) else None
+        for loc, rec in records[:limit]:
+            try:
+                messages, label = _split(rec, e, convert)
+            except convert.RecordError as err:
+                issues.append(f"{loc}: {err}")
+                continue
+            out.append(Sample(name, loc, messages, label))
+    if issues:
+        raise registry.DataError(f"{len(issues)} bad record(s) in {', '.join(eval_datasets(spec))}; fix or remove them:", issues)
+    if not out:
+        raise registry.DataError(f"no samples in {', '.join(eval_datasets(spec))}")
+    return out
+
+
+def _split(rec: dict, e, convert) -> tuple[list, str | None]:
+    if e.formatting == "alpaca":
+        rcol = e.column("response")
+        if rcol and rec.get(rcol) is None:
+            rec = {**rec, rcol: ""}
+    else:
+        col, rt, ct = e.column("messages"), e.tag("role_tag"), e.tag("content_tag")
+        turns = rec.get(col)
+        if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and turns[-1].get(rt) != e.tag("assistant_tag"):
+            rec = {**rec, col: turns + [{rt: e.tag("assistant_tag"), ct: ""}]}
+    messages = convert.to_messages(rec, e)
+    label = messages[-1]["content"]
+    return messages[:-1], (label if label.strip() else None)
+
+
+# --- the model at work -------------------------------------------------------------------------------
+
+
+def prompt_ids(messages: list, template, cutoff_len: int) -> list[int]:
+    """Token ids of the prompt exactly as training tokenized it (segment by segment), left-cut to cutoff_len."""
+    from studio.data.encode import encode_chat
+
+    ids, labels, _ = encode_chat(messages + [{"role": "assistant", "content": ""}], template, 10 ** 9)
+    start = next((i for i, x in enumerate(labels) if x != -100), len(ids))
+    return ids[:start][-cutoff_len:]
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def batched(order: list[int], batch_size: int, step, say):
+    """Call step(indices) on batches of `order`; on out-of-memory halve the batch and go on. Yields samples done."""
+    import torch
+
+    done, bs = 0, batch_size
+    while done < len(order):
+        idx = order[done:done + bs]
+        try:
+            step(idx)
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if bs == 1:
+                from studio.models import ModelError
+
+                raise ModelError("out of memory at batch size 1: lower data.cutoff_len or eval.max_new_tokens, "
+                                 "or load the model in 4 bits (model.quantization_bit=4)") from None
+            bs //= 2
+            say(f"out of memory at batch size {bs * 2}: going on with batch size {bs} (set eval.batch_size={bs} to start there)")
+            continue
+        done += len(idx)
+        yield done
+
+
+def generate(model, tokenizer, template, prompts: list[list[int]], ecfg, say=print, progress=None) -> tuple[list[str], int]:
+    """Predictions for token-id prompts, in their order, and the number of tokens generated."""
+    import torch
+
+    device = next(model.parameters()).device
+    stop = template.stop_token_ids()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    kw = dict(max_new_tokens=ecfg.max_new_tokens, do_sample=ecfg.do_sample, eos_token_id=stop, pad_token_id=pad)
+    if ecfg.do_sample:
+        kw.update(temperature=ecfg.temperature, top_p=ecfg.top_p, top_k=ecfg.top_k)
+    else:
+        kw.update(temperature=None, top_p=None, top_k=None)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: out-of-memory shows early
+    preds: list[str] = [""] * len(prompts)
+    counted = [0]
+
+    def step(idx):
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+        for row, i in zip(out[:, width:].tolist(), idx):
+            cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+            counted[0] += cut
+            preds[i] = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
+
+    for done in batched(order, ecfg.batch_size, step, say):
+        if progress:
+            progress(done)
+    return preds, counted[0]
+
+
+def label_loss(model, template, samples: list[Sample], batch_size: int, cutoff_len: int, say=print) -> float | None:
+    """Mean token cross-entropy of the reference answers given their prompts (the last answer only)."""
+    import torch
+
+    from studio.data.encode import IGNORE, encode_chat
+
+    rows = [encode_chat(s.messages + [{"role": "assistant", "content": s.label}], template, cutoff_len, mask_history=True)[:2]
+            for s in samples if s.label is not None]
+    rows = [r for r in rows if any(x != IGNORE for x in r[1][1:])]
+    if not rows:
+        return None
+    device = next(model.parameters()).device
+    pad = template.tokenizer.pad_token_id or 0
+    total = [0.0, 0]
+
+    def step(idx):
+        width = max(len(rows[i][0]) for i in idx)
+        ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in idx], device=device)
+        lab = torch.tensor([rows[i][1] + [IGNORE] * (width - len(rows[i][1])) for i in idx], device=device)
+        mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in idx], device=device)
+        with torch.no_grad():
+            loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        n = int((lab[:, 1:] != IGNORE).sum())
+        total[0] += float(loss) * n
+        total[1] += n
+
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    for _ in batched(order, batch_size, step, say):
+        pass
+    return total[0] / total[1]
+
+
+def load(spec, entry: Entry):
+    import torch
+
+    from studio import models
+
+    mspec = dataclasses.replace(spec.model, name_or_path=entry.model, adapter=None)
+    model = models.load_model(mspec, spec.train.compute_dtype)
+    if entry.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(entry.adapter))
+    if not spec.model.quantization_bit and torch.cuda.is_available():
+        model.to("cuda")
+    model.eval()
+    tokenizer = models.load_tokenizer(entry.model, spec.model.trust_remote_code)
+    return model, tokenizer
+
+
+# --- the job -------------------------------------------------------------------------------------------
+
+
+def score_rows(rows: list[dict]) -> tuple[dict, str]:
+    """Add per-sample scores to prediction rows (those with a label); -> (mean metrics, note)."""
+    scored = []
+    for r in rows:
+        if r.get("label") is None:
+            continue
+        r.update(metricsmod.score(r.get("predict"), r["label"]))
+        scored.append(r)
+    note = ""
+    if not scored:
+        note = "no reference answers in the data: predictions only, no BLEU/ROUGE"
+    elif len(scored) < len(rows):
+        note = f"{len(rows) - len(scored)} of {len(rows)} samples have no reference answer; metrics cover the other {len(scored)}"
+    return metricsmod.mean(scored), note
+
+
+def score_file(path: str | Path) -> dict:
+    """`studio eval score`: metrics of an existing predictions.jsonl ({"predict", "label"} per line)."""
+    from studio.data.registry import DataError
+
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or "predict" not in row:
+            raise DataError(f"{path}:{n}: expected an object with `predict` and `label`")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no predictions in the file")
+    mean, note = score_rows(rows)
+    return {"samples": len(rows), "scored": sum(r.get("label") is not None for r in rows), **mean, **({"note": note} if note else {})}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def evaluate_one(spec, entry: Entry, samples: list[Sample], run_dir: Path, say, progress) -> dict:
+    from transformers import set_seed
+
+    from studio.data.templates import Template
+
+    t0 = time.time()
+    model, tokenizer = load(spec, entry)
+    template = Template(entry.template, tokenizer)
+    say(f"{entry.name}: model loaded in {time.time() - t0:.1f}s" + (f" (adapter {entry.adapter})" if entry.adapter else ""))
+    prompts = [prompt_ids(s.messages, template, spec.data.cutoff_len) for s in samples]
+    set_seed(spec.eval.seed)
+    t1 = time.time()
+    preds, n_tokens = generate(model, tokenizer, template, prompts, spec.eval, say, progress)
+    gen_s = time.time() - t1
+    rows = [{"prompt": template.prompt(s.messages), "query": s.messages[-1]["content"], "predict": p, "label": s.label,
+             "dataset": s.dataset} for s, p in zip(samples, preds)]
+    mean, note = score_rows(rows)
+    out = {"name": entry.name, "adapter": str(entry.adapter) if entry.adapter else None, "model": entry.model,
+           "predictions": entry.predictions, "samples": len(samples), "scored": sum(s.label is not None for s in samples), **mean}
+    if spec.eval.compute_loss:
+        loss = label_loss(model, template, samples, spec.eval.batch_size, spec.data.cutoff_len, say)
+        if loss is not None:
+            out.update(eval_loss=round(loss, 4), perplexity=round(math.exp(min(loss, 50)), 4))
+    out.update(samples_per_second=round(len(samples) / gen_s, 3), generated_tokens=n_tokens,
+               generated_tokens_per_second=round(n_tokens / gen_s, 1), generation_s=round(gen_s, 2))
+    if note:
+        out["note"] = note
+    write_jsonl(run_dir / entry.predictions, rows)
+    del model
+    return out
+
+
+def record_history(entry: Entry, result: dict, run_dir: Path, datasets: list[str], others: list[str]) -> None:
+    if entry.run is None or entry.run.resolve() == run_dir.resolve():
+        return
+    line = {"t": round(time.time(), 3), "eval_run": str(run_dir.resolve()), "datasets": datasets, "compared_with": others,
+            **{k: result[k] for k in ("samples", *metricsmod.KEYS, "eval_loss", "perplexity") if k in result}}
+    with open(entry.run / HISTORY, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def table(results: list[dict]) -> str:
+    keys = [k for k in (*metricsmod.KEYS, "eval_loss", "perplexity", "samples_per_second") if any(k in r for r in results)]
+    width = max(len(r["name"]) for r in results) + 2
+    lines = ["model".ljust(width) + "".join(f"{k:>20}" for k in keys)]
+    for r in results:
+        lines.append(r["name"].ljust(width) + "".join(f"{r[k]:>20.4f}" if k in r else f"{'':>20}" for k in keys))
+    return "\n".join(lines)
+
+
+def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
+    import torch
+
+    if spec.train.num_threads:
+        torch.set_num_threads(spec.train.num_threads)
+    entries = plan(spec)
+    samples = read_samples(spec)
+    total = len(samples) * len(entries)
+    writer.write("start", task="eval", total_steps=total, num_examples=len(samples), models=[e.name for e in entries],
+                 datasets=eval_datasets(spec))
+    say = lambda text: writer.write("message", text=text)  # noqa: E731
+    results = []
+    for k, entry in enumerate(entries):
+        base_done, t0 = k * len(samples), time.time()
+
+        def progress(done, base_done=base_done, t0=t0, name=entry.name):
+            rate = done / max(time.time() - t0, 1e-9)
+            writer.write("progress", done=base_done + done, total=total, rate=round(rate, 3),
+                         eta_s=round((total - base_done - done) / rate, 1), unit="samples", model=name)
+
+        results.append(evaluate_one(spec, entry, samples, run_dir, say, progress))
+    names = [r["name"] for r in results]
+    for entry, r in zip(entries, results):
+        record_history(entry, r, run_dir, eval_datasets(spec), [n for n in names if n != r["name"]])
+    summary = {"models": results, "datasets": eval_datasets(spec)}
+    if len(results) == 1:
+        summary.update({k: v for k, v in results[0].items() if k not in ("name", "predictions")})
+    (run_dir / METRICS).write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    say(table(results))
+    for r in results:
+        if r.get("note"):
+            say(f"{r['name']}: {r['note']}")
+    short = {r["name"]: {k: r[k] for k in (*metricsmod.KEYS, "eval_loss") if k in r} for r in results}
+    return {"step": total, "metrics": short, "path": str(run_dir / METRICS)}
+
+
+def load_results(run_dir: str | Path) -> dict | None:
+    """metrics.json of an eval run, or None before it is written."""
+    try:
+        return json.loads((Path(run_dir) / METRICS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def history(run_dir: str | Path) -> list[dict]:
+    """The evaluations of a training run, oldest first."""
+    out = []
+    try:
+        for line in (Path(run_dir) / HISTORY).read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    except OSError:
+        pass
+    return out
+
+
+def _abort(signum, frame):
+    raise Aborted()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    run_dir = Path(argv[0])
+    writer = ev.EventWriter(run_dir)
+    done = [0]
+    signal.signal(signal.SIGTERM, _abort)
+    signal.signal(signal.SIGINT, _abort)
+    try:
+        spec = specmod.load(run_dir / "spec.yaml")
+        metrics = run(spec, run_dir, writer)
+        writer.write("done", **metrics)
+        return 0
+    except Aborted:
+        progress = [e for e in ev.read_all(run_dir) if e["event"] == "progress"]
+        done[0] = progress[-1]["done"] if progress else 0
+        writer.write("aborted", step=done[0])
+        return 130
+    except Exception as e:  # every failure ends the job with an `error` event
+        from studio.errors import is_user_error
+
+        user = is_user_error(e)
+        tb = "" if user else traceback.format_exc()
+        writer.write("error", message=str(e) if user else f"{type(e).__name__}: {e}", traceback=tb)
+        print(("error: " + str(e)) if user else tb, file=sys.stderr, flush=True)
+        return 1
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+
+def cmd_eval(args) -> int:
+    from studio.cli import run_job
+
+    if args.args and args.args[0] == "score":
+        if len(args.args) != 2:
+            print("usage: studio eval score PREDICTIONS.jsonl", file=sys.stderr)
+            return 2
+        print(json.dumps(score_file(args.args[1]), indent=2, ensure_ascii=False))
+        return 0
+    path = None if not args.args or "=" in args.args[0] else args.args[0]
+    overrides = args.args[1:] if path else args.args
+    spec = specmod.load(path, overrides, base={"task": "eval", "output_dir": f"runs/eval-{_stamp()}"})
+    if spec.task != "eval":
+        raise specmod.SpecError(f"{path}: task is `{spec.task}`; run it with `studio {spec.task}`")
+    check(spec)
+    return run_job(spec, args.dry_run, args.detach)
+
+
+def _stamp() -> str:
+    from studio.runs import stamp
+
+    return stamp()
+
+
+def check(spec) -> None:
+    """Cheap checks before the child starts: the output folder, the datasets, the adapters' base model."""
+    prev = Path(spec.output_dir) / "spec.yaml"
+    if prev.exists() and (_run_spec(prev.parent).get("task") or "train") != "eval":
+        raise specmod.SpecError(f"output_dir: {spec.output_dir} holds a training run; an evaluation would replace its spec. "
+                                "Choose another output_dir, e.g. output_dir=runs/eval_1")
+    read_samples(spec)
+    plan(spec)
+
+
+def add_cli(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a model, adapter or run folder on datasets (BLEU-4, ROUGE, eval loss); "
+                                    "`studio eval score FILE` scores an existing predictions.jsonl",
+                       description="studio eval SPEC [key=value ...]   |   studio eval key=value ...   |   studio eval score PREDICTIONS.jsonl")
+    e.add_argument("args", nargs="*", metavar="SPEC [key=value ...]", help="a spec file and/or key.sub=value overrides, or: score FILE")
+    e.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
+    e.add_argument("--detach", action="store_true", help="start the job in the background and return")
+    e.set_defaults(fn=cmd_eval)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
