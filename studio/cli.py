@@ -28,18 +28,15 @@ def preflight(spec) -> None:
         encode.usable(registry.entry(spec.data.dataset_dir, name, info), spec.method.stage)
 
 
-def run_job(spec, dry_run: bool = False, detach: bool = False) -> int:
+def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str | None = None) -> int:
     """Start a job (train, eval, export) as a child process and follow it to its end."""
     from studio import events as ev
     from studio import launch
 
     preflight(spec)
     if dry_run:
-        print(launch.shell_line(spec))
-        if spec.launch.nnodes > 1:
-            for rank in range(spec.launch.nnodes):
-                spec.launch.node_rank = rank
-                print(f"# on node {rank}:\n{launch.shell_line(spec)}")
+        launch.check(spec)
+        print(launch.describe(spec, studio_line=studio_line))
         return 0
     run_dir = Path(spec.output_dir)
     offset = (run_dir / ev.FILE).stat().st_size if (run_dir / ev.FILE).exists() else 0
@@ -48,6 +45,9 @@ def run_job(spec, dry_run: bool = False, detach: bool = False) -> int:
     if detach:
         print(f"started in the background (pid {proc.pid}); follow with: studio runs")
         return 0
+    if spec.launch.node_rank > 0:  # node 0 writes the events; this node only runs its ranks
+        print(f"node {spec.launch.node_rank} of {spec.launch.nnodes}: running its ranks; node 0 shows the progress", flush=True)
+        return proc.wait()
 
     def forward(signum, frame):
         print("\nstopping: the job saves a checkpoint and ends (Ctrl-C again to kill it) ...", file=sys.stderr, flush=True)
@@ -87,7 +87,10 @@ def _follow_from(run_dir, proc, offset):
             events, offset = ev.read(run_dir, offset)
             for e in events:
                 print(launch.format_event(e), flush=True)
-            return ev.final(events)
+            last = ev.final(events) or launch.finish(run_dir, proc.returncode, offset)
+            if last and last not in events:
+                print(launch.format_event(last), flush=True)
+            return last
         time.sleep(0.5)
 
 
@@ -97,7 +100,11 @@ def cmd_train(args) -> int:
     spec = specmod.load(args.spec, args.overrides)
     if spec.task != "train":
         return _err(f"{args.spec}: task is `{spec.task}`; run it with `studio {spec.task}`")
-    return run_job(spec, args.dry_run, args.detach)
+    import shlex
+
+    per_node = ("launch.node_rank=", "launch.master_addr=", "launch.master_port=")  # describe() adds them per node
+    line = shlex.join(["studio", "train", args.spec, *[o for o in args.overrides if not o.startswith(per_node)]])
+    return run_job(spec, args.dry_run, args.detach, studio_line=line)
 
 
 def cmd_data_check(args) -> int:

@@ -448,6 +448,13 @@ def validate(spec: JobSpec) -> JobSpec:
         raise SpecError("launch.nproc_per_node and launch.nnodes: must be at least 1")
     if not 0 <= la.node_rank < la.nnodes:
         raise SpecError(f"launch.node_rank: must be between 0 and nnodes-1 ({la.nnodes - 1})")
+    if la.devices and la.devices != "cpu":
+        gpus = [g.strip() for g in la.devices.split(",")]
+        if not all(g.isdigit() or g.startswith(("GPU-", "MIG-")) for g in gpus):
+            raise SpecError(f"launch.devices: `{la.devices}` is not `cpu` or a list of GPU numbers like `0,1` (as nvidia-smi shows them)")
+        if la.nproc_per_node > len(gpus):
+            raise SpecError(f"launch.nproc_per_node={la.nproc_per_node} but launch.devices lists {len(gpus)} GPU(s): "
+                            "use at most one process per GPU, or list more GPUs")
     if la.deepspeed and la.deepspeed not in DEEPSPEED_PRESETS and not la.deepspeed.endswith(".json"):
         raise SpecError(f"launch.deepspeed: `{la.deepspeed}` is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a .json path")
     if la.deepspeed and mo.quantization_bit is not None and la.deepspeed.startswith("z3"):

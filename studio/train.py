@@ -31,8 +31,9 @@ class _Stop:
 
     @classmethod
     def handler(cls, signum, frame):
+        first = not cls.requested  # torchrun forwards the launcher's SIGTERM: a rank may get it twice
         cls.requested = True
-        if not cls.training:
+        if first and not cls.training:
             raise Aborted()
 
 
@@ -157,6 +158,9 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     args = sft_config(spec, run_dir, eval_ds is not None)
     steps_per_epoch = math.ceil(len(train_ds) / (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)))
     total = spec.train.max_steps if spec.train.max_steps > 0 else math.ceil(steps_per_epoch * spec.train.num_train_epochs)
+    from transformers import set_seed
+
+    set_seed(spec.train.seed)  # adapters start the same on every rank and for any process count
     model = methods.apply(spec, model, total_steps=total)
     if spec.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
@@ -226,21 +230,50 @@ def main(argv: list[str] | None = None) -> int:
         spec = specmod.load(run_dir / "spec.yaml")
         metrics = run(spec, run_dir, writer)
         if metrics.pop("aborted", False):
-            writer.write("aborted", checkpoint=str(run_dir / f"checkpoint-{metrics['step']}"), **metrics)
+            if not _other_rank_failed(writer, run_dir):
+                writer.write("aborted", checkpoint=str(run_dir / f"checkpoint-{metrics['step']}"), **metrics)
             return 130
         writer.write("done", **metrics)
         return 0
     except Aborted:
-        writer.write("aborted", step=0)
+        if not _other_rank_failed(writer, run_dir):
+            writer.write("aborted", step=0)
         return 130
     except Exception as e:  # every failure ends the job with an `error` event
         from studio.errors import is_user_error
 
         user = is_user_error(e)
         tb = "" if user else traceback.format_exc()
-        writer.write("error", message=str(e) if user else f"{type(e).__name__}: {e}", traceback=tb, rank=int(os.environ.get("RANK", 0)))
+        _report_error(writer, run_dir, str(e) if user else f"{type(e).__name__}: {e}", tb)
         print(("error: " + str(e)) if user else tb, file=sys.stderr, flush=True)
         return 1
+
+
+def _report_error(writer: ev.EventWriter, run_dir: Path, message: str, tb: str) -> None:
+    """Only rank 0 writes events, so with several processes every failing rank also leaves RUN_DIR/error-rank{N}.json;
+    rank 0 reports the first failure of any rank (a crashed rank breaks the others' collectives: it is the cause)."""
+    import json
+
+    from studio.launch import ERROR_FILE, rank_errors
+
+    rank = int(os.environ.get("RANK", 0))
+    record = {"t": time.time(), "rank": rank, "message": message, "traceback": tb}
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        (run_dir / ERROR_FILE.format(rank=rank)).write_text(json.dumps(record))
+        record = rank_errors(run_dir)[0] if writer.enabled and rank_errors(run_dir) else record
+        record = {**record, "message": f"rank {record['rank']}: {record['message']}"}
+    writer.write("error", message=record["message"], traceback=record["traceback"], rank=record["rank"])
+
+
+def _other_rank_failed(writer: ev.EventWriter, run_dir: Path) -> bool:
+    """On rank 0, stopped by torchrun: if another rank failed first, report its error instead of `aborted`."""
+    from studio.launch import rank_errors
+
+    errors = rank_errors(run_dir) if writer.enabled and int(os.environ.get("WORLD_SIZE", 1)) > 1 else []
+    if errors:
+        e = errors[0]
+        writer.write("error", message=f"rank {e['rank']}: {e['message']}", traceback=e["traceback"], rank=e["rank"])
+    return bool(errors)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""The launcher without training: commands, dry-run, device environment, DeepSpeed configs, GPU detection,
+memory estimates, stopping a process tree, and the error event of a job that died without one."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from studio import deepspeed, devices, estimate, launch, runs
+from studio import events as ev
+from studio import spec as specmod
+from studio.spec import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _spec(*overrides: str) -> specmod.JobSpec:
+    return specmod.load(ROOT / "examples" / "identity_lora.yaml", ["output_dir=runs/x", *overrides])
+
+
+def test_one_process_is_a_plain_child():
+    assert launch.command(_spec()) == [sys.executable, "-m", "studio.train", "runs/x"]
+
+
+def test_several_processes_run_torchrun_standalone():
+    argv = launch.command(_spec("launch.nproc_per_node=2"))
+    assert argv == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "studio.train", "runs/x"]
+
+
+def test_deepspeed_always_runs_under_torchrun():
+    argv = launch.command(_spec("launch.deepspeed=z2"))
+    assert argv[2] == "torch.distributed.run" and "--nproc_per_node=1" in argv
+
+
+def test_fixed_port_and_multi_node():
+    argv = launch.command(_spec("launch.nproc_per_node=2", "launch.master_port=29555"))
+    assert "--master_port=29555" in argv and "--master_addr=127.0.0.1" in argv and "--standalone" not in argv
+    argv = launch.command(_spec("launch.nproc_per_node=4", "launch.nnodes=2", "launch.node_rank=1", "launch.master_addr=10.0.0.1"))
+    assert argv[3:8] == ["--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", f"--master_port={launch.DEFAULT_PORT}"]
+
+
+def test_eval_and_export_never_use_torchrun():
+    assert launch.command(_spec("task=eval", "launch.nproc_per_node=2"))[:3] == [sys.executable, "-m", "studio.evaluate"]
+
+
+def test_devices_set_the_child_environment():
+    spec = _spec("launch.devices=0,1", "launch.nproc_per_node=2")
+    env = launch.child_env(spec)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert launch.shell_line(spec).startswith("CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=0,1 ")
+    cpu = _spec("launch.devices=cpu")
+    assert launch.child_env(cpu)["CUDA_VISIBLE_DEVICES"] == ""
+    assert launch.shell_line(cpu).startswith('CUDA_VISIBLE_DEVICES="" ')
+    assert "CUDA_VISIBLE_DEVICES" not in launch.device_env(_spec())
+
+
+@pytest.mark.parametrize("over, words", [
+    (["launch.devices=gpu0"], "launch.devices"),
+    (["launch.devices=0", "launch.nproc_per_node=2"], "launch.nproc_per_node=2"),
+    (["launch.node_rank=1"], "launch.node_rank"),
+    (["launch.deepspeed=z4"], "launch.deepspeed"),
+    (["launch.deepspeed=z3", "model.quantization_bit=4"], "ZeRO-3"),
+])
+def test_bad_launch_settings_name_the_field(over, words):
+    with pytest.raises(SpecError, match=words.replace("=", "=").replace("-", "-")):
+        _spec(*over)
+
+
+def test_multi_node_describe_gives_each_node_its_command():
+    spec = _spec("launch.nproc_per_node=2", "launch.nnodes=3", "launch.master_addr=10.0.0.1", "launch.devices=0,1")
+    text = launch.describe(spec, studio_line="studio train x.yaml")
+    for rank in range(3):
+        assert f"studio train x.yaml launch.node_rank={rank} launch.master_addr=10.0.0.1 launch.master_port=29500" in text
+        assert f"--nnodes=3 --node_rank={rank} --master_addr=10.0.0.1 --master_port=29500" in text
+    assert "CUDA_VISIBLE_DEVICES=0,1" in text and spec.launch.node_rank == 0
+    assert launch.describe(_spec()) == launch.shell_line(_spec())
+
+
+def test_dry_run_prints_the_command_and_writes_nothing(tmp_path, studio_cmd):
+    out = tmp_path / "run"
+    res = subprocess.run([*studio_cmd, "train", "examples/identity_lora.yaml", f"output_dir={out}", "launch.nproc_per_node=2",
+                          "launch.deepspeed=z2", "train.max_steps=4", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"{sys.executable} -m torch.distributed.run --nproc_per_node=2 --standalone -m studio.train {out}"
+    assert not out.exists()
+    res = subprocess.run([*studio_cmd, "train", "examples/identity_lora.yaml", "launch.deepspeed=missing.json", "--dry-run"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "launch.deepspeed: missing.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_deepspeed_presets_and_json(tmp_path):
+    z3 = deepspeed.config_for("z3_offload")
+    assert z3["zero_optimization"]["stage"] == 3
+    assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert z3["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert "offload_optimizer" not in deepspeed.config_for("z2")["zero_optimization"]
+    assert deepspeed.config_for("z0")["zero_optimization"] == {"stage": 0}
+    good = tmp_path / "ds.json"
+    good.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert deepspeed.config_for(str(good))["zero_optimization"]["stage"] == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"zero_optimization":\n  {"stage": }}')
+    with pytest.raises(SpecError, match="bad.json line 2"):
+        deepspeed.config_for(str(bad))
+
+
+def test_nvidia_smi_output_becomes_gpus_and_choices():
+    text = "0, NVIDIA H100 80GB HBM3, 81559, 80000\n1, NVIDIA H100 80GB HBM3, 81559, 1200\n"
+    gpus = devices.parse_smi(text)
+    assert gpus[1] == devices.GPU(1, "NVIDIA H100 80GB HBM3", 81559, 1200)
+    assert devices.choices(gpus) == [("all 2 GPUs", "0,1"), ("GPU 0: NVIDIA H100 80GB HBM3 (80 GiB, 78 GiB free)", "0"),
+                                     ("GPU 1: NVIDIA H100 80GB HBM3 (80 GiB, 1 GiB free)", "1"), ("CPU", "cpu")]
+    assert devices.choices(()) == [("CPU", "cpu")]
+
+
+def test_detect_and_estimate_keep_torch_out_of_the_calling_process():
+    code = ("import sys, json; from studio import devices, estimate, launch, spec; "
+            "g = devices.detect(); e = estimate.estimate(spec.load('examples/identity_lora.yaml')); "
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'gpus': len(g), 'has_estimate': e is not None}))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["torch"] is False and out["has_estimate"] is True
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"], capture_output=True, text=True, timeout=120)
+    assert out["gpus"] == int(probe.stdout.strip())
+
+
+def test_estimate_counts_what_peft_trains(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    spec = _spec(f"model.name_or_path={tiny_model}", "method.lora.rank=8")
+    est = estimate.estimate(spec)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    assert est.params == sum(p.numel() for p in model.parameters())
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
+    assert est.trainable == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def test_estimate_follows_sharding_offload_and_checkpointing():
+    full = _spec("method.finetuning_type=full", "launch.nproc_per_node=4")
+    one = estimate.estimate(full)
+    z2 = estimate.estimate(_spec("method.finetuning_type=full", "launch.nproc_per_node=4", "launch.deepspeed=z2"))
+    z3 = estimate.estimate(_spec("method.finetuning_type=full", "launch.nproc_per_node=4", "launch.deepspeed=z3"))
+    z3o = estimate.estimate(_spec("method.finetuning_type=full", "launch.nproc_per_node=4", "launch.deepspeed=z3_offload"))
+    assert z2.weights == one.weights and z2.training == pytest.approx(14 * one.params / 4)
+    assert z3.weights == pytest.approx(one.weights / 4)
+    assert z3o.weights == 0 and z3o.cpu > 0 and z3o.training < z3.training
+    ckpt = estimate.estimate(_spec("train.gradient_checkpointing=true"))
+    assert ckpt.activations < 0.6 * estimate.estimate(_spec()).activations  # the logits stay
+    assert "GiB per GPU" in one.text()
+
+
+def test_stop_kills_a_descendant_in_its_own_session(tmp_path):
+    """torchrun starts each rank in a session of its own: stop() must reach it even after torchrun is gone."""
+    code = ("import subprocess, time, sys; p = subprocess.Popen(['sleep', '300'], start_new_session=True); "
+            "print(p.pid, flush=True); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    grandchild = int(proc.stdout.readline())
+    (tmp_path / runs.JOB).write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid}))
+    assert launch.job_pids({"pid": proc.pid, "pgid": proc.pid}) >= {proc.pid, grandchild}
+    t0 = time.time()
+    assert launch.stop(tmp_path, grace=1.0)
+    proc.wait(timeout=10)
+    time.sleep(0.2)
+    assert not runs.pid_alive(grandchild) and time.time() - t0 < 10
+    last = ev.final(ev.read_all(tmp_path))
+    assert last["event"] == "aborted" and last["killed"] is True
+
+
+def test_finish_turns_a_rank_error_into_the_error_event(tmp_path):
+    ev.EventWriter(tmp_path, enabled=True).write("start", task="train", total_steps=4)
+    (tmp_path / "error-rank1.json").write_text(json.dumps({"t": 2.0, "rank": 1, "message": "RuntimeError: out of memory", "traceback": "tb1"}))
+    (tmp_path / "error-rank0.json").write_text(json.dumps({"t": 3.0, "rank": 0, "message": "Connection reset by peer", "traceback": "tb0"}))
+    last = launch.finish(tmp_path, returncode=1)
+    assert last["event"] == "error" and last["message"] == "rank 1: RuntimeError: out of memory" and last["rank"] == 1
+    assert launch.finish(tmp_path, returncode=1) == ev.final(ev.read_all(tmp_path))  # written once
+    assert runs.status(tmp_path) == "error"
+
+
+def test_finish_without_rank_errors_reports_the_exit_and_the_log(tmp_path):
+    (tmp_path / "output.log").write_text("loading\nSegmentation fault (core dumped)\n")
+    last = launch.finish(tmp_path, returncode=-11)
+    assert "killed by signal 11" in last["message"] and "Segmentation fault" in last["message"]
