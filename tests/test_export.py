@@ -351,3 +351,55 @@ def test_identity_export_end_to_end(identity_run, tmp_path):
     for msgs in (SAMPLE, [{"role": "system", "content": "You are Pico."}, *SAMPLE]):
         assert render_ollama(modelfile, msgs) == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert "ollama create identity_lora" in done["ollama_command"]
+
+
+# --- the Export tab in a real browser ---------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_export_tab_in_browser(lora_run, tmp_path):
+    import shutil
+
+    from tests import test_ui_browser as ui
+
+    if not ui.CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    workdir = tmp_path / "work"
+    shutil.copytree(lora_run, workdir / "runs" / "tiny_lora")
+    port = ui.free_port()
+    proc = ui.start_server(workdir, port)
+    try:
+        ui.wait_served(f"http://127.0.0.1:{port}/", proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(ui.CHROMIUM), args=ui.ARGS)
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            pg.set_default_timeout(60_000)
+            try:
+                pg.goto(f"http://127.0.0.1:{port}/")
+                pg.get_by_role("tab", name="Export").click()
+                pg.locator("#export-source input").first.click()
+                pg.locator("[role=option][aria-label='tiny_lora (sft/lora, done)']").first.click()
+                pg.keyboard.press("Escape")
+                pg.locator("#f-export-gguf").get_by_label("q8_0").uncheck()
+                pg.locator("#export-start").click()
+                pg.wait_for_function("() => ['done', 'error', 'crashed'].includes("
+                                     "document.querySelector('#export-progress [data-status]')?.dataset.status)", timeout=600_000)
+                assert pg.locator("#export-progress [data-status]").get_attribute("data-status") == "done"
+                pg.wait_for_function("() => document.querySelector('#export-result')?.innerText.includes('ollama create')")
+                text = pg.locator("#export-result").inner_text()
+            except Exception:
+                ui.ARTIFACTS.mkdir(exist_ok=True)
+                pg.screenshot(path=str(ui.ARTIFACTS / "test_export_tab_in_browser.png"), full_page=True)
+                raise
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    for needle in ("Verification", "largest logit difference", "model-f16.gguf", "llama.cpp", "ollama create tiny_lora", "TEMPLATE"):
+        assert needle in text, needle
+    assert "model-q8_0.gguf" not in text
+    exports = list((workdir / "runs").glob("*-export-tiny_lora/export/model-f16.gguf"))
+    assert len(exports) == 1
