@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -25,9 +24,7 @@ from pathlib import Path
 from studio import events as ev
 from studio import metrics as metricsmod
 from studio import spec as specmod
-
-HISTORY = "evals.jsonl"
-METRICS = "metrics.json"
+from studio.predictions import HISTORY, METRICS, Sample, eval_datasets, read_samples, score_file, score_rows, table, write_jsonl
 
 
 class Aborted(Exception):
@@ -43,14 +40,6 @@ class Entry:
     template: str = "auto"
     run: Path | None = None  # the training run folder, which keeps the evaluation history
     predictions: str = "predictions.jsonl"
-
-
-@dataclass
-class Sample:
-    dataset: str
-    loc: str
-    messages: list  # the conversation up to the answer to predict (ends with a user turn)
-    label: str | None  # the reference answer (last assistant turn), None when the data has none
 
 
 # --- what to evaluate ---------------------------------------------------------------------------------
@@ -108,53 +97,6 @@ def plan(spec) -> list[Entry]:
         for e in entries:
             e.predictions = f"predictions-{e.name}.jsonl"
     return entries
-
-
-def eval_datasets(spec) -> list[str]:
-    return list(spec.data.eval_dataset or spec.data.dataset)
-
-
-def read_samples(spec) -> list[Sample]:
-    """Prompts and references of the eval datasets; a record without an answer becomes a prompt to predict."""
-    from studio.data import convert, readers, registry
-    from studio.data.encode import usable
-
-    d = spec.data
-    info = registry.read_info(d.dataset_dir)
-    out, issues = [], []
-    for name in eval_datasets(spec):
-        e = registry.entry(d.dataset_dir, name, info)
-        usable(e, "sft")
-        records, iss = readers.read_entry(e)
-        issues += iss
-        limit = min(x for x in (d.max_samples, e.num_samples) if x) if (d.max_samples or e.num_samples) else None
-        for loc, rec in records[:limit]:
-            try:
-                messages, label = _split(rec, e, convert)
-            except convert.RecordError as err:
-                issues.append(f"{loc}: {err}")
-                continue
-            out.append(Sample(name, loc, messages, label))
-    if issues:
-        raise registry.DataError(f"{len(issues)} bad record(s) in {', '.join(eval_datasets(spec))}; fix or remove them:", issues)
-    if not out:
-        raise registry.DataError(f"no samples in {', '.join(eval_datasets(spec))}")
-    return out
-
-
-def _split(rec: dict, e, convert) -> tuple[list, str | None]:
-    if e.formatting == "alpaca":
-        rcol = e.column("response")
-        if rcol and rec.get(rcol) is None:
-            rec = {**rec, rcol: ""}
-    else:
-        col, rt, ct = e.column("messages"), e.tag("role_tag"), e.tag("content_tag")
-        turns = rec.get(col)
-        if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and turns[-1].get(rt) != e.tag("assistant_tag"):
-            rec = {**rec, col: turns + [{rt: e.tag("assistant_tag"), ct: ""}]}
-    messages = convert.to_messages(rec, e)
-    label = messages[-1]["content"]
-    return messages[:-1], (label if label.strip() else None)
 
 
 # --- the model at work -------------------------------------------------------------------------------
@@ -287,51 +229,6 @@ def load(spec, entry: Entry):
 # --- the job -------------------------------------------------------------------------------------------
 
 
-def score_rows(rows: list[dict]) -> tuple[dict, str]:
-    """Add per-sample scores to prediction rows (those with a label); -> (mean metrics, note)."""
-    scored = []
-    for r in rows:
-        if r.get("label") is None:
-            continue
-        r.update(metricsmod.score(r.get("predict"), r["label"]))
-        scored.append(r)
-    note = ""
-    if not scored:
-        note = "no reference answers in the data: predictions only, no BLEU/ROUGE"
-    elif len(scored) < len(rows):
-        note = f"{len(rows) - len(scored)} of {len(rows)} samples have no reference answer; metrics cover the other {len(scored)}"
-    return metricsmod.mean(scored), note
-
-
-def score_file(path: str | Path) -> dict:
-    """`studio eval score`: metrics of an existing predictions.jsonl ({"predict", "label"} per line)."""
-    from studio.data.registry import DataError
-
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "predict" not in row:
-            raise DataError(f"{path}:{n}: expected an object with `predict` and `label`")
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no predictions in the file")
-    mean, note = score_rows(rows)
-    return {"samples": len(rows), "scored": sum(r.get("label") is not None for r in rows), **mean, **({"note": note} if note else {})}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def evaluate_one(spec, entry: Entry, samples: list[Sample], run_dir: Path, say, progress) -> dict:
     from transformers import set_seed
 
@@ -373,15 +270,6 @@ def record_history(entry: Entry, result: dict, run_dir: Path, datasets: list[str
         f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
-def table(results: list[dict]) -> str:
-    keys = [k for k in (*metricsmod.KEYS, "eval_loss", "perplexity", "samples_per_second") if any(k in r for r in results)]
-    width = max(len(r["name"]) for r in results) + 2
-    lines = ["model".ljust(width) + "".join(f"{k:>20}" for k in keys)]
-    for r in results:
-        lines.append(r["name"].ljust(width) + "".join(f"{r[k]:>20.4f}" if k in r else f"{'':>20}" for k in keys))
-    return "\n".join(lines)
-
-
 def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     import torch
 
@@ -418,28 +306,6 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     return {"step": total, "metrics": short, "path": str(run_dir / METRICS)}
 
 
-def load_results(run_dir: str | Path) -> dict | None:
-    """metrics.json of an eval run, or None before it is written."""
-    try:
-        return json.loads((Path(run_dir) / METRICS).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def history(run_dir: str | Path) -> list[dict]:
-    """The evaluations of a training run, oldest first."""
-    out = []
-    try:
-        for line in (Path(run_dir) / HISTORY).read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    except OSError:
-        pass
-    return out
-
-
 def _abort(signum, frame):
     raise Aborted()
 
@@ -451,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(argv[0])
     writer = ev.EventWriter(run_dir)
-    done = [0]
     signal.signal(signal.SIGTERM, _abort)
     signal.signal(signal.SIGINT, _abort)
     try:
@@ -461,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Aborted:
         progress = [e for e in ev.read_all(run_dir) if e["event"] == "progress"]
-        done[0] = progress[-1]["done"] if progress else 0
-        writer.write("aborted", step=done[0])
+        writer.write("aborted", step=progress[-1]["done"] if progress else 0)
         return 130
     except Exception as e:  # every failure ends the job with an `error` event
         from studio.errors import is_user_error

@@ -1,0 +1,302 @@
+"""Evaluate & Predict tab: evaluate the top bar's model and adapter (and more, side by side) on datasets.
+
+The form makes a `task: eval` spec (the model, template and adapter come from the top bar); Start runs
+`python -m studio.evaluate` as a child job, followed by its events. When it ends: the metrics of every
+model side by side, the predictions of one model sortable and filterable by score, and its worst and best
+samples. Earlier evaluations can be opened from the list of eval runs.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio import events as ev
+from studio import metrics, predictions, runs
+from studio import spec as specmod
+from studio.errors import is_user_error
+from studio.ui import form, jobs
+
+TITLE = "Evaluate & Predict"
+
+FIELDS = [
+    ["data.dataset_dir", "data.eval_dataset", "eval.compare", "data.max_samples", "data.cutoff_len"],
+    ["eval.batch_size", "eval.max_new_tokens", "eval.do_sample", "eval.temperature", "eval.top_p", "eval.top_k", "eval.seed"],
+    ["eval.compute_loss", "output_dir"],
+]
+SCORES = [*metrics.KEYS]
+SORTS = [f"{k} {d}" for k in ("rouge-l", "bleu-4", "rouge-1", "rouge-2") for d in ("worst first", "best first")] + ["dataset order"]
+SHOWN = 500  # prediction rows sent to the page
+
+
+# --- pure helpers (no components) ----------------------------------------------------------------------
+
+
+def compare_choices(runs_root: Path, workdir: Path) -> list[str]:
+    """`base` and the run folders holding an adapter or a trained model, relative to the working folder."""
+    out = ["base"]
+    for r in runs.list_runs(runs_root):
+        if (r.path / "adapter" / "adapter_config.json").exists() or (r.path / "model" / "config.json").exists():
+            try:
+                out.append(str(r.path.resolve().relative_to(Path(workdir).resolve())))
+            except ValueError:
+                out.append(str(r.path))
+    return out
+
+
+def eval_runs(runs_root: Path) -> list[str]:
+    return [str(r.path) for r in runs.list_runs(runs_root) if r.task == "eval"]
+
+
+def make_spec(values: dict, top: dict, runs_root: Path, workdir: Path) -> specmod.JobSpec:
+    """Form values (dotted -> widget value) and the top bar's -> a validated eval spec with an output folder."""
+    vals = {**top, **values}
+    auto = not str(vals.get("output_dir") or "").strip()
+    vals["output_dir"] = "runs/auto" if auto else vals["output_dir"]
+    base = specmod.from_dict(specmod.JobSpec, {"task": "eval", "data": {"dataset": []}})
+    spec = form.values_to_spec(vals, base)
+    if not spec.data.eval_dataset:
+        raise specmod.SpecError("data.eval_dataset: choose at least one dataset to evaluate on")
+    if auto:
+        name = f"{runs.stamp()}-eval-{'+'.join(spec.data.eval_dataset)[:40]}"
+        p = runs.unique_dir(runs_root, name)
+        try:
+            spec.output_dir = str(p.resolve().relative_to(Path(workdir).resolve()))
+        except ValueError:
+            spec.output_dir = str(p)
+    return spec
+
+
+def progress_html(events: list[dict], status: str, run: str | None) -> str:
+    """A progress bar: samples done of all models, samples/s, ETA, the model at work."""
+    if not run:
+        return "<div class='st-progress st-idle'>No evaluation followed. Press Start, or open an earlier one below.</div>"
+    start = next((e for e in events if e["event"] == "start"), {})
+    prog = [e for e in events if e["event"] == "progress"]
+    last = prog[-1] if prog else {}
+    total = start.get("total_steps") or last.get("total") or 0
+    done = total if status == "done" else last.get("done", 0)
+    pct = 100 * done / total if total else 0
+    bits = [f"<b>{html.escape(Path(run).name)}</b>", f"<span class='st-status st-{status}'>{status}</span>",
+            f"{done}/{total or '?'} samples"]
+    if last.get("model") and status == "running":
+        bits.append(f"model {html.escape(last['model'])}")
+    if last.get("rate"):
+        bits.append(f"{last['rate']:.2f} samples/s")
+    if status == "running" and last.get("eta_s") is not None:
+        bits.append(f"ETA {int(last['eta_s'])}s")
+    if status == "running":
+        msgs = [e["text"] for e in events if e["event"] == "message"]
+        bits.append(html.escape(msgs[-1].splitlines()[0]) if msgs else "loading data and model ...")
+    if status in ("error", "crashed"):
+        end = ev.final(events) or {}
+        bits.append(html.escape(end.get("message") or "the process ended without a final event; see output.log"))
+    return (f"<div class='st-progress' data-status='{status}' data-done='{done}' data-total='{total}'>"
+            f"<div class='st-bar'><div class='st-fill st-{status}' style='width:{pct:.1f}%'></div></div>"
+            f"<div class='st-line'>{' · '.join(bits)}</div></div>")
+
+
+def metrics_frame(result: dict | None) -> pd.DataFrame:
+    """One row per model: BLEU/ROUGE, eval loss, perplexity, speed."""
+    cols = ["model", *SCORES, "eval_loss", "perplexity", "samples", "samples_per_second", "generated_tokens_per_second"]
+    rows = [[m.get("name") if c == "model" else m.get(c) for c in cols] for m in (result or {}).get("models", [])]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def read_predictions(run_dir: str | Path, model: str | None) -> list[dict]:
+    result = predictions.load_results(run_dir) or {}
+    entry = next((m for m in result.get("models", []) if m.get("name") == model), None) or (result.get("models") or [None])[0]
+    if not entry:
+        return []
+    path = Path(run_dir) / entry["predictions"]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append({"#": i, **json.loads(line)})
+        except ValueError:
+            continue
+    return rows
+
+
+def filter_rows(rows: list[dict], sort: str, text: str = "", lo: float | None = 0, hi: float | None = 100) -> list[dict]:
+    """Rows whose query, prediction or reference contains `text` and whose sort score (rouge-l for dataset order)
+    is in [lo, hi], sorted; the full range 0-100 keeps unscored rows too."""
+    key = sort.split(" ")[0] if sort in SORTS and sort != "dataset order" else None
+    text = (text or "").strip().lower()
+    out = []
+    for r in rows:
+        if text and not any(text in str(r.get(k) or "").lower() for k in ("query", "predict", "label")):
+            continue
+        score = r.get(key or "rouge-l")
+        if (lo or 0) > 0 or (100 if hi is None else hi) < 100:
+            if score is None or score < (lo or 0) or score > (100 if hi is None else hi):
+                continue
+        out.append(r)
+    if key:  # unscored rows (no reference) last
+        scored = sorted((r for r in out if r.get(key) is not None), key=lambda r: r[key], reverse=sort.endswith("best first"))
+        out = scored + [r for r in out if r.get(key) is None]
+    return out
+
+
+def predictions_frame(rows: list[dict]) -> pd.DataFrame:
+    cols = ["#", *SCORES, "query", "predict", "label"]
+    return pd.DataFrame([[r.get(c) for c in cols] for r in rows[:SHOWN]], columns=cols)
+
+
+def extremes_md(rows: list[dict], n: int = 3, key: str = "rouge-l") -> str:
+    scored = sorted((r for r in rows if r.get(key) is not None), key=lambda r: r[key])
+    if not scored:
+        return "_No scores: the data has no reference answers._" if rows else ""
+
+    def card(r):
+        q = html.escape(str(r.get("query") or ""))[:300]
+        return (f"- **#{r['#']} · {key} {r[key]:.1f}** · {html.escape(str(r.get('dataset') or ''))}  \n"
+                f"  **Q:** {q}  \n  **predicted:** {html.escape(r.get('predict') or '∅')[:400]}  \n"
+                f"  **reference:** {html.escape(r.get('label') or '')[:400]}")
+
+    worst, best = scored[:n], scored[::-1][:n]
+    return "#### Worst samples\n" + "\n".join(map(card, worst)) + "\n\n#### Best samples\n" + "\n".join(map(card, best))
+
+
+def summary_md(result: dict | None, status: str, run: str | None, events: list[dict]) -> str:
+    if not run or status not in ev.FINAL and status != "crashed":
+        return ""
+    name = Path(run).name
+    if status == "done" and result:
+        notes = [f"{m['name']}: {m['note']}" for m in result.get("models", []) if m.get("note")]
+        return f"**{name}: done.** Predictions and metrics in `{run}`." + "".join(f"  \nℹ️ {html.escape(x)}" for x in notes)
+    if status == "aborted":
+        return f"**{name}: aborted.** Nothing was scored."
+    end = ev.final(events) or {}
+    return f"**{name}: failed.** {end.get('message') or 'the process ended without a final event (killed, or out of memory?)'}"
+
+
+# --- the tab -------------------------------------------------------------------------------------------
+
+
+def build(ctx) -> None:
+    from studio.data import registry
+
+    workdir, runs_root = ctx.workdir, ctx.runs_root
+    data_names = registry.names(workdir / "data") if (workdir / "data").is_dir() else []
+    special = {
+        "data.eval_dataset": form.widget("data.eval_dataset", choices=data_names, render=False),
+        "eval.compare": gr.Dropdown(choices=compare_choices(runs_root, workdir), value=[], multiselect=True, allow_custom_value=True,
+                                    label="compare with", info=specmod.field_help("eval.compare"),
+                                    elem_id=form.elem_id("eval.compare"), render=False),
+        "output_dir": gr.Textbox(value="", label="output dir", placeholder="auto: runs/<time>-eval-<datasets>", max_lines=1,
+                                 info=specmod.field_help("output_dir"), elem_id="eval-output-dir", render=False),
+    }
+    fields: dict = {}
+    for row in FIELDS:
+        with gr.Row(equal_height=False):
+            fields.update(form.bind(row, special))
+    names = list(fields)
+    top_names = list(ctx.top)
+    with gr.Row():
+        start_btn = gr.Button("Start evaluation", variant="primary", elem_id="eval-start")
+        abort_btn = gr.Button("Abort", variant="stop", elem_id="eval-abort")
+        refresh_btn = gr.Button("↻ runs and datasets", elem_id="eval-refresh", size="sm")
+    message = gr.Markdown(elem_id="eval-message")
+    state = gr.State({"run": None, "offset": 0, "events": [], "status": None})
+    progress = gr.HTML(progress_html([], "", None), elem_id="eval-progress")
+    summary = gr.Markdown(elem_id="eval-summary")
+    gr.Markdown("### Metrics")
+    metrics_table = gr.Dataframe(metrics_frame(None), interactive=False, elem_id="eval-metrics", wrap=True)
+    gr.Markdown("### Predictions")
+    with gr.Row():
+        opened = gr.Dropdown(choices=eval_runs(runs_root), value=None, label="evaluation", allow_custom_value=True,
+                             info="an eval run folder (the one started here is opened when it ends)", elem_id="eval-open", scale=2)
+        model_pick = gr.Dropdown(choices=[], value=None, label="model", elem_id="eval-model")
+        sort = gr.Dropdown(choices=SORTS, value=SORTS[0], label="sort by", elem_id="eval-sort")
+        search = gr.Textbox(label="contains", placeholder="text in question, prediction or reference", max_lines=1,
+                            elem_id="eval-search")
+        lo = gr.Number(value=0, label="score from", elem_id="eval-lo", minimum=0, maximum=100)
+        hi = gr.Number(value=100, label="score to", elem_id="eval-hi", minimum=0, maximum=100)
+    count = gr.Markdown(elem_id="eval-count")
+    table = gr.Dataframe(predictions_frame([]), interactive=False, elem_id="eval-predictions", wrap=True, max_height=500,
+                         column_widths=["4%", "7%", "7%", "7%", "7%", "20%", "24%", "24%"])
+    extremes = gr.Markdown(elem_id="eval-extremes")
+
+    # --- handlers ---------------------------------------------------------------------------------------
+    def show(run, model, sort_by, text, a, b):
+        if not run:
+            return gr.update(), gr.update(), "", predictions_frame([]), ""
+        result = predictions.load_results(run)
+        models = [m["name"] for m in (result or {}).get("models", [])]
+        model = model if model in models else (models[-1] if models else None)
+        rows = read_predictions(run, model) if model else []
+        shown = filter_rows(rows, sort_by, text, a, b)
+        note = f"{len(shown)} of {len(rows)} predictions" + (f" (first {SHOWN} shown)" if len(shown) > SHOWN else "")
+        return (metrics_frame(result), gr.update(choices=models, value=model), note if rows else "",
+                predictions_frame(shown), extremes_md(rows))
+
+    view_outputs = [metrics_table, model_pick, count, table, extremes]
+    view_inputs = [opened, model_pick, sort, search, lo, hi]
+    for comp, event in ((model_pick, "input"), (sort, "input"), (search, "submit"), (lo, "submit"), (hi, "submit"), (opened, "input")):
+        getattr(comp, event)(show, view_inputs, view_outputs)
+    search.blur(show, view_inputs, view_outputs)
+
+    def on_start(*values):
+        *values, st = values
+        top, vals = dict(zip(top_names, values[:len(top_names)])), dict(zip(names, values[len(top_names):]))
+        try:
+            spec = make_spec(vals, top, runs_root, workdir)
+            jobs.inside(workdir, spec.output_dir, "output_dir")
+            from studio.evaluate import check
+
+            check(spec)
+            run_dir = jobs.start(spec, workdir, runs_root)
+        except Exception as e:
+            if not is_user_error(e):
+                raise
+            return st, f"⛔ {e}"
+        return {"run": str(run_dir), "offset": 0, "events": [], "status": None}, f"✅ started `{spec.output_dir}`"
+
+    start_btn.click(on_start, list(ctx.top.values()) + list(fields.values()) + [state], [state, message])
+
+    def on_abort(st):
+        if not st.get("run") or not runs.is_running(st["run"]):
+            return "ℹ️ no running evaluation is followed here"
+        jobs.stop(st["run"])
+        return f"ℹ️ stopping {Path(st['run']).name}"
+
+    abort_btn.click(on_abort, state, message)
+
+    def on_tick(st, model, sort_by, text, a, b):
+        if not st.get("run"):
+            return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs)
+        new, offset = ev.read(st["run"], st["offset"])
+        status = st.get("status")
+        if status not in ev.FINAL:
+            status = runs.status(st["run"], st["events"] + new)
+        if not new and status == st.get("status"):
+            return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs)
+        st = {**st, "offset": offset, "events": st["events"] + new, "status": status}
+        finished = status in (*ev.FINAL, "crashed")
+        result = predictions.load_results(st["run"]) if status == "done" else None
+        view = show(st["run"], model, sort_by, text, a, b) if status == "done" else (gr.skip(),) * len(view_outputs)
+        opened_update = gr.update(choices=eval_runs(runs_root), value=st["run"]) if status == "done" else gr.skip()
+        return (st, progress_html(st["events"], status, st["run"]), summary_md(result, status, st["run"], st["events"]) if finished else "",
+                opened_update) + tuple(view)
+
+    timer = gr.Timer(1.0)
+    timer.tick(on_tick, [state, model_pick, sort, search, lo, hi], [state, progress, summary, opened] + view_outputs,
+               show_progress="hidden")
+
+    def on_refresh():
+        found = registry.names(workdir / "data") if (workdir / "data").is_dir() else []
+        return (gr.update(choices=compare_choices(runs_root, workdir)), gr.update(choices=found),
+                gr.update(choices=eval_runs(runs_root)))
+
+    refresh_btn.click(on_refresh, None, [fields["eval.compare"], fields["data.eval_dataset"], opened])
+    ctx.demo.load(on_refresh, None, [fields["eval.compare"], fields["data.eval_dataset"], opened])
+    if ctx.refresh_top is not None:
+        ctx.refresh_top.click(on_refresh, None, [fields["eval.compare"], fields["data.eval_dataset"], opened])
