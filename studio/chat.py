@@ -1,0 +1,369 @@
+"""Chat with a model in this process: a base model, a base model with an adapter, a run folder, or an export.
+
+    echo "Who are you?" | studio chat --adapter runs/identity_lora
+    studio chat --model default --system "Answer in one sentence."
+
+A run folder brings its own base model and template (from its spec.yaml), so the chat renders prompts
+exactly as training did (the prompt ids are built by the same code that encoded the training data).
+Generation streams token by token; `stop()` ends it at the next token; one generation at a time per
+session (others wait on a lock). Sampling uses the session's own random generator, so a seed gives the
+same answer even while another session samples beside it.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio import models
+from studio.models import ModelError
+
+
+class ChatError(ModelError):
+    """A user's mistake in the chat (an empty message, no model loaded)."""
+
+
+@dataclass
+class GenParams:
+    temperature: float = 0.7  # 0: greedy
+    top_p: float = 0.9
+    top_k: int = 50
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # None: a fresh random answer each time
+
+    def check(self) -> "GenParams":
+        bad = [f"{k}={v} ({why})" for k, v, ok, why in (
+            ("temperature", self.temperature, self.temperature >= 0, "0 or more; 0 is greedy"),
+            ("top_p", self.top_p, 0 < self.top_p <= 1, "above 0, at most 1"),
+            ("top_k", self.top_k, self.top_k >= 0, "0 or more; 0 is off"),
+            ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, "1 or more"),
+            ("repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0, "above 0; 1 is off")) if not ok]
+        if bad:
+            raise ChatError("bad generation setting: " + ", ".join(bad))
+        return self
+
+
+@dataclass
+class Source:
+    """What to load, resolved from the user's model / adapter / template choice."""
+    model: str
+    adapter: Path | None
+    template: str
+    label: str
+    note: str = ""
+    quantization_bit: int | None = None
+
+
+def _run_spec(folder: Path) -> dict:
+    """The `model` section of the spec.yaml saved in (or beside) a folder, or {}."""
+    import yaml
+
+    for f in (folder / "spec.yaml", folder.parent / "spec.yaml"):
+        if f.is_file():
+            try:
+                return (yaml.safe_load(f.read_text()) or {}).get("model") or {}
+            except yaml.YAMLError as e:
+                raise ModelError(f"{f}: cannot read the spec ({e})") from None
+    return {}
+
+
+def resolve(model: str | None = None, adapter: str | None = None, template: str | None = None) -> Source:
+    """Model name, adapter or run folder, template -> what to load. Raises ModelError with what to do."""
+    adapter_dir, run = None, {}
+    if model and not adapter and (Path(model) / "spec.yaml").is_file() and not (Path(model) / "config.json").exists():
+        model, adapter = None, model  # a run folder given as the model
+    if adapter:
+        p = Path(adapter).expanduser()
+        if not p.exists():
+            raise ModelError(f"adapter folder not found: {p}; give a run folder (runs/NAME) or its adapter/ folder")
+        if (p / "model" / "config.json").exists() and not (p / "adapter").exists():
+            run = _run_spec(p)  # a full or freeze fine-tune: the run's model/ is the whole model
+            if model and not models.same_base(model, str(p / "model")):
+                raise ModelError(f"{p} is a full fine-tune (its model/ holds every weight); load it without --model")
+            model = str(p / "model")
+        else:
+            adapter_dir = models.find_adapter(p)
+            run = _run_spec(adapter_dir)
+            trained_on = models.adapter_base(adapter_dir)
+            if model and trained_on and not models.same_base(model, trained_on):
+                raise ModelError(f"the adapter {adapter_dir} was trained on `{trained_on}`, not on `{model}`; "
+                                 f"choose model `{trained_on}` (or leave the model empty to use it)")
+            model = model or trained_on or models.DEFAULT
+    else:
+        model = model or models.DEFAULT
+        p = Path(model).expanduser()
+        if p.is_dir():
+            run = _run_spec(p)  # an export folder keeps a copy of the run's spec
+    run_template = run.get("template")
+    name = template or run_template or "auto"
+    note = ""
+    if template and run_template and template != run_template:
+        note = f"note: this model was trained with template `{run_template}`; rendering with `{template}` instead"
+    label = f"{Path(model).name if Path(model).exists() else model}" + (f" + {adapter_dir}" if adapter_dir else "")
+    return Source(model, adapter_dir, name, label, note, run.get("quantization_bit"))
+
+
+def prompt_ids(template, messages: list[dict]) -> list[int]:
+    """Token ids that ask the model to answer `messages` (ending with a user turn), encoded as in training."""
+    from studio.data.encode import IGNORE, encode_chat
+
+    ids, labels, _ = encode_chat(messages + [{"role": "assistant", "content": ""}], template, 10**9, mask_history=True)
+    start = next((i for i, label in enumerate(labels) if label != IGNORE), len(ids))
+    return ids[:start]
+
+
+def _adapter_tokenizer(folder: Path, fallback):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError):
+        return fallback
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_template(template) -> None:
+    """Refuse a template that cannot render a chat with this tokenizer (raises TemplateError)."""
+    from studio.data.templates import TemplateError
+
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
+             {"role": "user", "content": "v"}]
+    try:
+        ids = prompt_ids(template, probe)
+    except TemplateError:
+        raise
+    except Exception as e:  # a Jinja template that raises, a tokenizer that cannot encode
+        raise TemplateError(f"template `{template.name}` does not fit this tokenizer: {e}") from None
+    if not ids:
+        raise TemplateError(f"template `{template.name}` renders an empty prompt with this tokenizer; choose another")
+    if not template.stop_token_ids():
+        raise TemplateError(f"template `{template.name}`: the tokenizer has no end-of-turn token, so answers would never stop")
+
+
+def _sampler(params: GenParams, generator):
+    """Logits processors that sample with the session's own generator; generate() then picks that token greedily."""
+    import torch
+    from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                              TopPLogitsWarper)
+
+    class SeededSample(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            probs = torch.softmax(scores.float(), dim=-1)
+            pick = torch.multinomial(probs.cpu(), 1, generator=generator).to(scores.device)
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter(1, pick, 0.0)
+
+    if params.temperature <= 0:
+        return LogitsProcessorList()
+    procs = [TemperatureLogitsWarper(params.temperature)]
+    if params.top_k and params.top_k > 0:
+        procs.append(TopKLogitsWarper(params.top_k))
+    if 0 < params.top_p < 1:
+        procs.append(TopPLogitsWarper(params.top_p))
+    return LogitsProcessorList([*procs, SeededSample()])
+
+
+class ChatSession:
+    """One loaded model (with its tokenizer and template); stream() answers a conversation."""
+
+    def __init__(self):
+        self.model = self.tokenizer = self.template = self.source = None
+        self._lock = threading.Lock()  # one generation at a time
+        self._load_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    @property
+    def label(self) -> str:
+        return self.source.label if self.source else ""
+
+    def load(self, model: str | None = None, adapter: str | None = None, template: str | None = None) -> str:
+        """Load a model, releasing the one loaded before. Bad input raises before anything is released."""
+        from studio.data.templates import Template
+
+        with self._load_lock:
+            src = resolve(model, adapter, template)
+            tok = models.load_tokenizer(src.model)
+            if src.adapter is not None and (src.adapter / "tokenizer_config.json").exists():
+                tok = _adapter_tokenizer(src.adapter, tok)  # saved with the adapter, with the template it trained with
+            tmpl = Template(src.template, tok)
+            check_template(tmpl)
+            self.unload()  # everything checked: free the old model before loading the new one
+            with self._lock:
+                self.model = self._load_weights(src)
+                self.tokenizer, self.template, self.source = tok, tmpl, src
+        return f"loaded {src.label} (template {tmpl.name})" + (f"\n{src.note}" if src.note else "")
+
+    @staticmethod
+    def _load_weights(src: Source):
+        import torch
+
+        from studio.spec import ModelSpec
+
+        cuda = torch.cuda.is_available()
+        spec_model = ModelSpec(name_or_path=src.model, quantization_bit=src.quantization_bit if cuda else None)
+        model = models.load_model(spec_model, "auto")
+        if cuda and not spec_model.quantization_bit:
+            model = model.to("cuda")
+        if src.adapter is not None:
+            from peft import PeftModel
+
+            try:
+                model = PeftModel.from_pretrained(model, str(src.adapter))
+            except Exception as e:  # weights of another shape, a damaged file
+                del model
+                gc.collect()
+                raise ModelError(f"cannot load the adapter {src.adapter} on `{src.model}`: {e}") from None
+        model.eval()
+        return model
+
+    def unload(self) -> None:
+        """Release the model (and its memory); a running generation is stopped first."""
+        self.stop()
+        with self._lock:
+            self.model = self.tokenizer = self.template = self.source = None
+            self._stop.clear()
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def stop(self) -> None:
+        """End the running generation at the next token (the text so far is kept)."""
+        self._stop.set()
+
+    def messages(self, history: list[dict], message: str, system: str = "") -> list[dict]:
+        return ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": m["role"], "content": m["content"]} for m in history] + [{"role": "user", "content": message}]
+
+    def stream(self, history: list[dict], message: str, system: str = "", params: GenParams | None = None):
+        """Yield the answer to `message` after `history` ([{role, content}]) piece by piece, as it is generated."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        if not message or not message.strip():
+            raise ChatError("the message is empty; type something to send")
+        if not self.loaded:
+            raise ChatError("no model loaded; load a model first")
+        params = (params or GenParams()).check()
+        with self._lock:
+            if not self.loaded:
+                raise ChatError("the model was unloaded; load a model first")
+            self._stop.clear()
+            model, tok = self.model, self.tokenizer
+            ids = prompt_ids(self.template, self.messages(history, message, system))
+            device = next(model.parameters()).device
+            gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+            stop_event = self._stop
+
+            class Stop(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kw):
+                    return torch.full((input_ids.shape[0],), stop_event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+            streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+            failure = []
+            from transformers import GenerationConfig
+
+            config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False,
+                                      repetition_penalty=params.repetition_penalty, eos_token_id=self.template.stop_token_ids(),
+                                      pad_token_id=tok.pad_token_id)
+
+            def work():
+                try:
+                    with torch.inference_mode():
+                        model.generate(input_ids=torch.tensor([ids], device=device), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+                                       generation_config=config, logits_processor=_sampler(params, gen),
+                                       stopping_criteria=StoppingCriteriaList([Stop()]), streamer=streamer)
+                except Exception as e:  # surfaced to the reader below
+                    failure.append(e)
+                    streamer.end()
+
+            thread = threading.Thread(target=work, daemon=True)
+            thread.start()
+            try:
+                for piece in streamer:
+                    if piece:
+                        yield piece
+            finally:
+                self._stop.set()  # a reader that stops early ends the generation too
+                thread.join()
+                self._stop.clear()
+            if failure:
+                raise ModelError(f"generation failed: {failure[0]}")
+
+    def reply(self, history: list[dict], message: str, system: str = "", params: GenParams | None = None) -> str:
+        """The whole answer at once."""
+        return "".join(self.stream(history, message, system, params)).strip()
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def add_cli(sub) -> None:
+    c = sub.add_parser("chat", help="chat with a model, an adapter or a run folder (reads lines from a pipe too)")
+    c.add_argument("--model", default=None, help="base model: `default`, a model folder or a merged export (default: the adapter's base)")
+    c.add_argument("--adapter", default=None, help="an adapter folder or a run folder (brings its base model and template)")
+    c.add_argument("--template", default=None, help="prompt template (default: the run's, else auto)")
+    c.add_argument("--system", default="", help="system prompt")
+    g = GenParams()
+    c.add_argument("--temperature", type=float, default=g.temperature, help="sampling temperature; 0 = greedy")
+    c.add_argument("--top-p", type=float, default=g.top_p)
+    c.add_argument("--top-k", type=int, default=g.top_k)
+    c.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens)
+    c.add_argument("--repetition-penalty", type=float, default=g.repetition_penalty)
+    c.add_argument("--seed", type=int, default=None, help="fixed seed: the same answers every time")
+    c.set_defaults(fn=cmd_chat)
+
+
+def cmd_chat(args) -> int:
+    session = ChatSession()
+    print("loading ...", file=sys.stderr, flush=True)
+    print(session.load(args.model, args.adapter, args.template), file=sys.stderr, flush=True)
+    params = GenParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens, args.repetition_penalty, args.seed)
+    history: list[dict] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("type a message; /clear starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 0
+        message = line.strip()
+        if not message:
+            continue
+        if interactive and message in ("/exit", "/quit"):
+            return 0
+        if interactive and message == "/clear":
+            history = []
+            print("(history cleared)", file=sys.stderr)
+            continue
+        answer = ""
+        try:
+            if interactive:
+                print("bot> ", end="", flush=True)
+            for piece in session.stream(history, message, args.system, params):
+                answer += piece
+                if interactive:
+                    print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            session.stop()
+            print(" [stopped]", end="")
+        answer = answer.strip()
+        print(answer if not interactive else "", flush=True)
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
