@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_runs)
 
     # verbs that live beside their module: each module's add_cli(sub) adds its subparser
+    __import__("studio.chat").chat.add_cli(sub)
     __import__("studio.evaluate").evaluate.add_cli(sub)
     __import__("studio.export").export.add_cli(sub)
     return p
