@@ -15,6 +15,7 @@ a failure or a full disk leaves no half export behind. SIGTERM or SIGINT: stop, 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import shutil
 import signal
@@ -171,6 +172,8 @@ class Job:
         out = ["load", "merge" if self.source.kind == "merge" else "load model", "save"]
         out += ["verify"] if self.spec.export.verify else []
         out += [f"gguf {q}" for q in self.spec.export.gguf]
+        if self.spec.export.verify and self.spec.export.gguf and importlib.util.find_spec("llama_cpp"):
+            out.append("llama.cpp check")
         return out + ["model card"]
 
     def phase(self, name: str):
@@ -258,7 +261,7 @@ class Job:
         if why:
             self.writer.write("message", text=why)
             result["gguf_skipped"] = why
-            self.step += len(ex.gguf)
+            self.step += len(ex.gguf) + ("llama.cpp check" in self.phases)
             return
         name = self.name()
         files = []
@@ -269,14 +272,15 @@ class Job:
             files.append(out.name)
             self.end_phase()
         result["gguf"] = files
-        if ex.verify:
+        if "llama.cpp check" in self.phases:
+            self.phase("llama.cpp check")
             checks = export_checks.check_gguf(self.tmp, files, tok, prompts, self.export_logits)
-            if checks is None:
-                self.writer.write("message", text="llama-cpp-python is not installed: the GGUF files were not loaded back "
-                                                  "(pip install 'studio[gguf-runtime]' to check them)")
-            else:
-                result["verify"]["gguf"] = checks
-                result["verify"]["ok"] = result["verify"]["ok"] and all(c["ok"] for c in checks.values())
+            result["verify"]["gguf"] = checks
+            result["verify"]["ok"] = result["verify"]["ok"] and all(c["ok"] for c in checks.values())
+            self.end_phase()
+        elif ex.verify:
+            self.writer.write("message", text="llama-cpp-python is not installed: the GGUF files were not loaded back "
+                                              "(pip install 'studio[gguf-runtime]' to check them)")
         fmt = export_gguf.turn_format(lambda msgs, gen: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen))
         if fmt is None:
             self.writer.write("message", text="Modelfile: the chat template is not fixed text around each turn, so no Ollama "

@@ -7,6 +7,7 @@ and the GGUF files loaded in llama.cpp against the saved model.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # llama.cpp computes in its own precision; its next-token choice must agree with transformers on nearly every
@@ -77,7 +78,8 @@ def check_gguf(export_dir: Path, files: list[str], tok, prompts: list[str], ref:
     out = {}
     for name in files:
         qtype = name.removeprefix("model-").removesuffix(".gguf")
-        llm = llama_cpp.Llama(str(Path(export_dir) / name), n_ctx=max(len(i) for i in ids) + 16, logits_all=True, verbose=False)
+        llm = llama_cpp.Llama(str(Path(export_dir) / name), n_ctx=max(len(i) for i in ids) + 16, logits_all=True, verbose=False,
+                              n_threads=min(4, os.cpu_count() or 1))
         try:
             same_tokens = all(llm.tokenize(p.encode(), add_bos=False, special=True) == i for p, i in zip(prompts, ids))
             diffs, agree = [], []
