@@ -1,0 +1,159 @@
+"""What the page does before and when it starts a job: name the run folder, keep paths inside the working
+folder, refuse a second job on the same devices, check the data (through the preview child), start, stop.
+No gradio here; the tabs call these and show the SpecError / DataError messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from studio import launch, runs
+from studio import spec as specmod
+from studio.data import registry
+from studio.data.registry import DataError
+
+_children: list[subprocess.Popen] = []  # started by this server; polled so finished ones do not linger as zombies
+
+
+def inside(workdir: Path, path: str | Path, what: str) -> Path:
+    """`path` resolved against the working folder; SpecError if it leaves it."""
+    root = Path(workdir).resolve()
+    p = (root / path).resolve()
+    if p != root and root not in p.parents:
+        raise specmod.SpecError(f"{what}: {path} is outside the working folder {root}; use a folder inside it (e.g. runs/my_run)")
+    return p
+
+
+def auto_output_dir(runs_root: Path, spec: specmod.JobSpec, workdir: Path) -> str:
+    """runs/<time>-<method>-<datasets>, unique; relative to the working folder."""
+    data = "+".join(spec.data.dataset)[:40] or spec.task
+    name = f"{runs.stamp()}-{spec.method.finetuning_type}-{data}"
+    p = runs.unique_dir(runs_root, name)
+    try:
+        return str(p.resolve().relative_to(Path(workdir).resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _device_set(devices: str | None) -> set | None:
+    """None: every GPU (or the CPU when there is none)."""
+    if not devices:
+        return None
+    return {d.strip() for d in devices.split(",") if d.strip()}
+
+
+def devices_overlap(a: str | None, b: str | None) -> bool:
+    sa, sb = _device_set(a), _device_set(b)
+    if sa is None or sb is None:
+        return True
+    return bool(sa & sb)
+
+
+def busy_with(runs_root: Path, spec: specmod.JobSpec) -> runs.RunInfo | None:
+    """A running job under runs_root that uses any of `spec`'s devices."""
+    import yaml
+
+    for r in runs.list_runs(runs_root):
+        if r.status != "running":
+            continue
+        try:
+            other = (yaml.safe_load((r.path / "spec.yaml").read_text()) or {}).get("launch") or {}
+        except (OSError, yaml.YAMLError):
+            other = {}
+        if devices_overlap(spec.launch.devices, other.get("devices")):
+            return r
+    return None
+
+
+def reap() -> None:
+    _children[:] = [p for p in _children if p.poll() is None]
+
+
+def start(spec: specmod.JobSpec, workdir: Path, runs_root: Path, check_data=None) -> Path:
+    """Refuse what cannot run (paths, devices, data), then start the child detached. Returns the run folder."""
+    reap()
+    out = inside(workdir, spec.output_dir, "output_dir")
+    if (out / "spec.yaml").exists() and not spec.train.resume_from_checkpoint:
+        raise specmod.SpecError(f"output_dir: {spec.output_dir} already holds a run; choose another name, "
+                                "clear the field for a new automatic name, or set train.resume_from_checkpoint=auto to continue it")
+    other = busy_with(runs_root, spec)
+    if other is not None:
+        steps = f" (step {other.step}/{other.total_steps})" if other.total_steps else ""
+        raise specmod.SpecError(f"{other.path.name} is running on the same devices{steps}. Wait for it to end or Abort it, "
+                                "or give this run other GPUs in launch.devices.")
+    if spec.task == "train":
+        from studio.cli import preflight
+
+        preflight(spec)
+        if check_data is not None:
+            result = check_data(spec)  # a preview that crashed refuses nothing: the job reports its own errors
+            if (result.get("error") and not result.get("crashed")) or result.get("reason"):
+                raise DataError(f"the data cannot train: {result.get('error') or result.get('reason')} (see Dataset preview)")
+    _children.append(launch.start(spec))
+    return out
+
+
+def stop(run_dir: str | Path) -> bool:
+    """SIGTERM now (the job saves and writes `aborted`); a thread kills the group if it lingers."""
+    if not runs.is_running(run_dir):
+        return False
+    launch.stop(run_dir, wait=False)
+    threading.Thread(target=launch.stop, args=(run_dir,), kwargs={"grace": 30.0}, daemon=True).start()
+    return True
+
+
+# --- data preview through a child process (no torch in the page's process) -----------------------------
+
+_cache: dict[str, dict] = {}
+_inflight: dict[str, threading.Lock] = {}
+_lock = threading.Lock()
+
+
+def _preview_key(spec: specmod.JobSpec, extra: dict | None) -> str:
+    d = spec.data
+    parts = [spec.model.name_or_path, spec.model.template, spec.method.stage, d.dataset_dir, list(d.dataset), d.cutoff_len,
+             d.max_samples, d.train_on_prompt, d.mask_history, extra]
+    try:
+        info = registry.read_info(d.dataset_dir)
+        for n in d.dataset:
+            raw = (extra or {}).get(n) or info.get(n) or {}
+            f = Path(d.dataset_dir) / str(raw.get("file_name", ""))
+            parts.append([n, raw, f.stat().st_mtime_ns if f.exists() else 0])
+    except DataError:
+        pass
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def preview(spec: specmod.JobSpec, extra_info: dict | None = None, limit: int = 100, timeout: float = 600) -> dict:
+    """The JSON of `python -m studio.data.preview` for this spec (cached by content)."""
+    key = _preview_key(spec, extra_info)
+    with _lock:
+        key_lock = _inflight.setdefault(key, threading.Lock())
+    with key_lock:  # a second caller for the same data waits for the first one's child
+        if key in _cache:
+            return _cache[key]
+        result = _run_preview(spec, extra_info, limit, timeout)
+        if not result.get("crashed"):
+            _cache[key] = result
+        return result
+
+
+def _run_preview(spec, extra_info, limit, timeout) -> dict:
+    with tempfile.TemporaryDirectory(prefix="studio-preview-") as tmp:
+        spec_file = specmod.dump(spec, Path(tmp) / "spec.yaml")
+        argv = [sys.executable, "-m", "studio.data.preview", str(spec_file), "--out", f"{tmp}/out.json", "--limit", str(limit)]
+        if extra_info:
+            Path(tmp, "info.json").write_text(json.dumps(extra_info))
+            argv += ["--info", f"{tmp}/info.json"]
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        out = Path(tmp, "out.json")
+        if res.returncode != 0 or not out.exists():
+            return {"error": f"the preview failed: {(res.stderr or res.stdout).strip()[-1500:]}", "crashed": True}
+        return json.loads(out.read_text())

@@ -1,0 +1,105 @@
+"""The runs list: every run folder with its status; one selected shows its curves, log and spec; several
+selected overlay their loss curves beside a table of only the spec fields that differ.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import yaml
+
+from studio import events as ev
+from studio import runs
+from studio import spec as specmod
+from studio.ui import monitor
+
+COLUMNS = ["run", "status", "model", "datasets", "method", "started", "steps", "last loss"]
+
+
+def table(runs_root: Path) -> pd.DataFrame:
+    rows = []
+    for r in runs.list_runs(runs_root):
+        started = time.strftime("%m-%d %H:%M", time.localtime(r.started)) if r.started else ""
+        steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step or "")
+        model = r.model if len(r.model) < 40 else "…" + r.model[-38:]
+        rows.append([r.name, r.status, model, r.datasets, r.method, started, steps,
+                     f"{r.last_loss:.4f}" if r.last_loss is not None else ""])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def spec_dict(run_dir: Path) -> dict:
+    try:
+        return yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def differing(run_dirs: list[Path]) -> pd.DataFrame:
+    """Spec fields whose values differ between the runs: one row per field, one column per run."""
+    flat = [specmod.flatten(spec_dict(p)) for p in run_dirs]
+    keys = sorted({k for f in flat for k in f} - {"output_dir"})
+    rows = [[k] + [str(f.get(k, "")) for f in flat] for k in keys if len({str(f.get(k)) for f in flat}) > 1]
+    return pd.DataFrame(rows, columns=["field"] + [p.name for p in run_dirs])
+
+
+def overlay(run_dirs: list[Path]) -> pd.DataFrame:
+    frames = [monitor.curves(ev.read_all(p), run=p.name) for p in run_dirs]
+    return pd.concat(frames, ignore_index=True) if frames else monitor.curves([])
+
+
+def build(ctx, follow_state) -> gr.Dataframe:
+    runs_root = ctx.runs_root
+    gr.Markdown("### Runs")
+    with gr.Row():
+        refresh = gr.Button("↻ refresh", size="sm", scale=0, min_width=100, elem_id="refresh-runs")
+        pick = gr.Dropdown(choices=[], value=[], multiselect=True, label="selected runs",
+                           info="Click a row to select it; add more here to compare their curves.", elem_id="run-pick", scale=4)
+        follow_btn = gr.Button("Follow in monitor", size="sm", scale=0, min_width=160, elem_id="follow-run")
+    listing = gr.Dataframe(value=table(runs_root), headers=COLUMNS, interactive=False, elem_id="runs-table", max_height=320)
+    with gr.Row():
+        plot = gr.LinePlot(x="step", y="value", color="series", title="loss of the selected runs", height=280, scale=2,
+                           elem_id="runs-plot")
+        diff = gr.Dataframe(value=pd.DataFrame(columns=["field"]), label="spec fields that differ", interactive=False, scale=1, elem_id="runs-diff")
+    with gr.Accordion("log and spec of the selected run", open=False):
+        with gr.Row():
+            log = gr.Textbox(lines=16, max_lines=16, label="output.log (end)", elem_id="runs-log")
+            spec_box = gr.Code(language="yaml", label="spec.yaml", elem_id="runs-spec")
+
+    def names():
+        return [r.name for r in runs.list_runs(runs_root)]
+
+    def on_refresh(selected):
+        have = names()
+        return table(runs_root), gr.update(choices=have, value=[s for s in selected or [] if s in have])
+
+    refresh.click(on_refresh, pick, [listing, pick])
+    ctx.demo.load(on_refresh, pick, [listing, pick])
+    listing.change(lambda sel: gr.update(choices=names(), value=sel), pick, pick)
+
+    def on_row(evt: gr.SelectData):
+        row = evt.row_value or []
+        return [row[0]] if row else gr.skip()
+
+    listing.select(on_row, None, pick)
+
+    def on_pick(selected):
+        dirs = [runs_root / s for s in selected or [] if (runs_root / s).is_dir()]
+        if not dirs:
+            return None, pd.DataFrame(columns=["field"]), "", ""
+        if len(dirs) == 1:
+            events = ev.read_all(dirs[0])
+            spec_text = (dirs[0] / "spec.yaml").read_text() if (dirs[0] / "spec.yaml").exists() else ""
+            return monitor.plot(monitor.curves(events, run=dirs[0].name)), pd.DataFrame(columns=["field"]), monitor.log_tail(dirs[0], 20_000), spec_text
+        return monitor.plot(overlay(dirs)), differing(dirs), "", ""
+
+    pick.change(on_pick, pick, [plot, diff, log, spec_box])
+
+    def on_follow(selected):
+        if not selected:
+            return gr.skip()
+        return monitor.follow(runs_root / selected[0])
+
+    follow_btn.click(on_follow, pick, follow_state)
+    return listing

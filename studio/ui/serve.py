@@ -1,0 +1,66 @@
+"""`studio webui`: serve the web UI from the current (working) folder.
+
+    studio webui [--host 127.0.0.1] [--port 7860] [--auth USER:PASS] [--allow-open]
+
+Runs, uploads and dataset files stay inside the working folder. Jobs are detached child processes:
+stopping this server (or closing the page) does not stop them, and the page reattaches when it loads.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from studio.spec import SpecError
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_access(host: str, auth: str | None, allow_open: bool) -> tuple[str, str] | None:
+    """The (user, password) to require, or None; refuses an open server on a non-loopback address."""
+    if auth:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise SpecError("--auth: expected USER:PASS, e.g. --auth admin:s3cret")
+        return user, password
+    if not is_loopback(host) and not allow_open:
+        raise SpecError(f"--host {host} makes the studio reachable from other machines, and anyone who reaches it can run "
+                        "code here. Add --auth USER:PASS, or pass --allow-open if this network is trusted.")
+    return None
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, allow_open: bool = False) -> None:
+    credentials = check_access(host, auth, allow_open)
+    workdir = Path.cwd()
+    # gradio keeps uploads in its temp folder: keep that inside the working folder too
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(workdir / ".studio" / "uploads"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from studio.ui import app
+
+    demo = app.build_app(workdir)
+    print(f"studio web UI: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}  (working folder {workdir})", flush=True)
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=host, server_port=port, auth=credentials, show_error=True, quiet=True,
+        allowed_paths=[str(workdir)], **app.launch_kwargs(),
+    )
+
+
+def cmd_webui(args) -> int:
+    serve(args.host, args.port, args.auth, args.allow_open)
+    return 0
+
+
+def add_cli(sub) -> None:
+    w = sub.add_parser("webui", help="start the web UI (train, evaluate, chat, export in the browser)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    w.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_PORT", 7860)))
+    w.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    w.add_argument("--allow-open", action="store_true", help="allow a non-loopback --host without --auth")
+    w.set_defaults(fn=cmd_webui)

@@ -1,0 +1,245 @@
+"""Train tab: the form (built from spec fields), Preview command / Save / Load / Start / Abort, the live monitor.
+
+To add fields, put their dotted names in GROUPS (always shown), METHOD_GROUPS (shown for those
+finetuning types only) or MORE (the closed "More options" section): the widget, label, help text and
+the form <-> spec conversion follow from the spec field.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from studio import runs
+from studio import spec as specmod
+from studio.data import registry
+from studio.errors import is_user_error
+from studio.ui import dataset_view, form, jobs, launch_fields, monitor, runs_view
+
+TITLE = "Train"
+
+GROUPS = [
+    ["method.stage", "data.dataset_dir", "data.dataset", "data.eval_dataset", "data.val_size"],
+    ["train.learning_rate", "train.num_train_epochs", "train.max_steps", "data.max_samples", "data.cutoff_len"],
+    ["train.per_device_train_batch_size", "train.gradient_accumulation_steps", "train.lr_scheduler_type", "train.warmup_ratio",
+     "train.compute_dtype"],
+    ["train.logging_steps", "train.save_steps", "data.packing", "output_dir"],
+]
+METHOD_GROUPS = [  # (title, finetuning types, fields); a field is drawn once, so one shared by several types has its own group
+    ("LoRA", ["lora"], ["method.lora.rank", "method.lora.dora", "method.lora.rslora", "method.lora.pissa", "method.lora.loraplus_lr_ratio",
+                        "method.lora.layers", "method.lora.modules_to_save"]),
+    ("AdaLoRA", ["adalora"], ["method.adalora.init_rank", "method.adalora.target_rank", "method.adalora.tinit", "method.adalora.tfinal",
+                              "method.adalora.delta_t"]),
+    ("LoRA scaling", ["lora", "adalora"], ["method.lora.alpha", "method.lora.dropout"]),
+    ("Adapted modules", ["lora", "adalora", "ia3"], ["method.lora.target"]),
+    ("Freeze tuning", ["freeze"], ["method.freeze.trainable_layers", "method.freeze.trainable_modules", "method.freeze.extra_modules"]),
+    ("Virtual tokens", ["prefix", "prompt", "ptuning", "ptuning_v2"], ["method.prompt.num_virtual_tokens"]),
+    ("Prompt encoder", ["prefix", "ptuning"], ["method.prompt.encoder_hidden_size"]),
+    ("Prompt tuning", ["prompt"], ["method.prompt.init_text"]),
+]
+MORE = ["train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "train.optim", "train.gradient_checkpointing",
+        "train.eval_steps", "train.save_total_limit", "train.seed", "train.resume_from_checkpoint", "data.train_on_prompt",
+        "data.mask_history", "train.neftune_alpha", "model.quantization_type", "model.double_quantization", "train.report_to",
+        "train.report_offline"]
+# The page's first spec: train the default model on the identity set, as examples/identity_lora.yaml does.
+DEFAULTS = ["output_dir=", "data.cutoff_len=256", "train.learning_rate=1.0e-3", "train.num_train_epochs=4",
+            "train.warmup_ratio=0.05", "train.save_steps=10"]
+SPEC_DIR = "specs"
+
+
+def default_spec() -> specmod.JobSpec:
+    data = specmod.parse_overrides(DEFAULTS)
+    data["output_dir"] = "runs/auto"
+    return specmod.from_dict(specmod.JobSpec, data)
+
+
+def _rows(names: list[str], special: dict, per_row: int = 5) -> dict:
+    out = {}
+    for i in range(0, len(names), per_row):
+        with gr.Row(equal_height=False):
+            out.update(form.bind(names[i:i + per_row], special))
+    return out
+
+
+def _message(text: str, kind: str = "info") -> str:
+    return f"**{kind}:** {text}" if kind == "error" else text
+
+
+def build(ctx) -> None:
+    workdir, runs_root = ctx.workdir, ctx.runs_root
+    base = default_spec()
+    data_dir = base.data.dataset_dir
+    special = {
+        "data.dataset": form.widget("data.dataset", choices=registry.names(workdir / data_dir), scale=2, render=False),
+        "data.eval_dataset": form.widget("data.eval_dataset", choices=registry.names(workdir / data_dir), render=False),
+        "output_dir": gr.Textbox(value="", label="output dir", info=specmod.field_help("output_dir") + " Empty: a new runs/<time>-... folder.",
+                                 placeholder="auto: runs/<time>-<method>-<datasets>", elem_id=form.elem_id("output_dir"), max_lines=1, render=False),
+    }
+    fields: dict = {}
+    for group in GROUPS:
+        fields.update(_rows(group, special))
+    refresh_data = gr.Button("↻ re-read dataset_info.json", size="sm", elem_id="refresh-data")
+    method_boxes = []
+    for title, types, names in METHOD_GROUPS:
+        with gr.Accordion(f"{title} options", open=True, visible=base.method.finetuning_type in types) as box:
+            fields.update(_rows([n for n in names if n not in fields], {}))
+        method_boxes.append((box, types))
+    with gr.Accordion("More options", open=False):
+        fields.update(_rows(MORE, {}))
+    with gr.Accordion("Devices, processes and DeepSpeed", open=False, elem_id="launch-group"):
+        fields.update(_rows(launch_fields.NAMES, launch_fields.special(), per_row=4))
+    estimate_box = gr.Markdown(elem_id="memory-estimate")
+
+    names = list(ctx.top) + list(fields)
+    comps = list(ctx.top.values()) + list(fields.values())
+    for comp, value in zip(comps, form.spec_to_values(base, names)):
+        comp.value = value
+    fields["output_dir"].value = ""
+    base_state = gr.State(specmod.to_dict(base))
+
+    def spec_from(values, base_dict, auto_dir=True) -> specmod.JobSpec:
+        vals = dict(zip(names, values))
+        if not str(vals.get("output_dir") or "").strip():
+            vals["output_dir"] = "runs/auto"
+        spec = form.values_to_spec(vals, specmod.from_dict(specmod.JobSpec, base_dict))
+        if spec.output_dir == "runs/auto" and auto_dir:
+            spec.output_dir = jobs.auto_output_dir(runs_root, spec, workdir)
+        return spec
+
+    dataset_view.build(ctx, spec_from, comps, base_state, fields)
+    launch_fields.wire(ctx, fields, comps, base_state, spec_from, estimate_box)
+    # check the default data once now, in the background, so that the first Start does not wait for it
+    threading.Thread(target=jobs.preview, args=(base,), daemon=True).start()
+
+    with gr.Row():
+        preview_btn = gr.Button("Preview command", elem_id="preview-cmd")
+        spec_path = gr.Textbox(value=f"{SPEC_DIR}/train.yaml", show_label=False, container=False, elem_id="spec-path", scale=2,
+                               info="spec file (inside the working folder)")
+        save_btn = gr.Button("Save spec", elem_id="save-spec")
+        load_btn = gr.Button("Load spec", elem_id="load-spec")
+        start_btn = gr.Button("Start", variant="primary", elem_id="start")
+        abort_btn = gr.Button("Abort", variant="stop", elem_id="abort")
+    message = gr.Markdown(elem_id="message")
+    command_box = gr.Code(label="command and spec", language="yaml", visible=False, elem_id="command")
+
+    gr.Markdown("### Run monitor")
+    state = gr.State(monitor.follow(None))
+    progress = gr.HTML(monitor.progress_html([], "", None), elem_id="progress")
+    with gr.Row():
+        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="loss", height=280, elem_id="loss-plot",
+                                x_title="step", y_title="loss", scale=2)
+        lr_plot = gr.LinePlot(x="step", y="learning_rate", title="learning rate", height=280, elem_id="lr-plot", scale=1)
+    final = gr.Markdown(elem_id="final")
+    with gr.Accordion("output.log", open=False):
+        log_box = gr.Textbox(lines=14, max_lines=14, autoscroll=True, show_label=False, elem_id="log")
+    table = runs_view.build(ctx, state)
+
+    # --- handlers ---------------------------------------------------------------------------------------
+    def on_type(ftype):
+        return [gr.update(visible=ftype in types) for _, types in method_boxes]
+
+    ctx.top["method.finetuning_type"].change(on_type, ctx.top["method.finetuning_type"], [b for b, _ in method_boxes])
+
+    def on_refresh_data(folder):
+        try:
+            found = registry.names(jobs.inside(workdir, folder or "data", "data.dataset_dir"))
+        except specmod.SpecError as e:
+            return gr.update(), gr.update(), _message(str(e), "error")
+        note = "" if found else _message(f"no datasets in {folder}/dataset_info.json", "error")
+        return gr.update(choices=found), gr.update(choices=found), note
+
+    ds_outputs = [fields["data.dataset"], fields["data.eval_dataset"], message]
+    refresh_data.click(on_refresh_data, fields["data.dataset_dir"], ds_outputs)
+    fields["data.dataset_dir"].submit(on_refresh_data, fields["data.dataset_dir"], ds_outputs)
+
+    def on_preview(*values):
+        *values, base_dict = values
+        try:
+            spec = spec_from(values, base_dict)
+        except specmod.SpecError as e:
+            return _message(str(e), "error"), gr.update(visible=False)
+        text = (f"# save this spec as {SPEC_DIR}/train.yaml, then run:\n#   studio train {SPEC_DIR}/train.yaml\n"
+                f"# which starts:\n{launch_fields.command_text(spec)}\n\n{specmod.dumps(spec)}")
+        return "", gr.update(value=text, visible=True)
+
+    preview_btn.click(on_preview, comps + [base_state], [message, command_box])
+
+    def on_save(path, *values):
+        *values, base_dict = values
+        try:
+            target = jobs.inside(workdir, path or f"{SPEC_DIR}/train.yaml", "spec file")
+            spec = spec_from(values, base_dict, auto_dir=False)
+            if spec.output_dir == "runs/auto":
+                spec.output_dir = jobs.auto_output_dir(runs_root, spec, workdir)
+            specmod.dump(spec, target)
+        except specmod.SpecError as e:
+            return _message(str(e), "error")
+        return _message(f"saved {target.relative_to(workdir.resolve())}; run it with `studio train {path}`", "ok")
+
+    save_btn.click(on_save, [spec_path] + comps + [base_state], message)
+
+    def on_load(path):
+        try:
+            target = jobs.inside(workdir, path, "spec file")
+            spec = specmod.load(target)
+        except specmod.SpecError as e:
+            return [gr.update()] * len(comps) + [gr.update(), _message(str(e), "error")]
+        values = form.spec_to_values(spec, names)
+        return values + [specmod.to_dict(spec), _message(f"loaded {path}", "ok")]
+
+    load_btn.click(on_load, spec_path, comps + [base_state, message])
+
+    def on_start(*values):
+        *values, base_dict, st = values
+        try:
+            spec = spec_from(values, base_dict)
+            run_dir = jobs.start(spec, workdir, runs_root, check_data=jobs.preview)
+        except Exception as e:
+            if not is_user_error(e):
+                raise
+            return st, _message(str(e), "error"), gr.update()
+        rel = spec.output_dir
+        return monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root)
+
+    start_btn.click(lambda: _message("checking the data and starting ..."), None, message, queue=False).then(
+        on_start, comps + [base_state, state], [state, message, table])
+
+    def on_abort(st):
+        run = st.get("run")
+        if not run or not runs.is_running(run):
+            return _message("no running job is followed here", "info")
+        jobs.stop(run)
+        return _message(f"stopping {Path(run).name}: it saves a checkpoint and ends", "info")
+
+    abort_btn.click(on_abort, state, message)
+
+    def on_tick(st):
+        jobs.reap()
+        st, changed, status = monitor.tick(st)
+        size = monitor.log_size(st["run"])
+        log = gr.skip()
+        if size != st.get("log_size"):
+            st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
+        if not changed:
+            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip()
+        evs, run = st["events"], st["run"]
+        finished = status in ("done", "error", "aborted", "crashed")
+        return (st, monitor.progress_html(evs, status, run), monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)),
+                monitor.final_message(evs, status, run) if finished else "", log,
+                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip())
+
+    timer = gr.Timer(1.0)
+    timer.tick(on_tick, state, [state, progress, loss_plot, lr_plot, final, log_box, table], show_progress="hidden")
+
+    def on_load_page(st):
+        """Reattach: follow the newest running job (or keep following what this tab followed)."""
+        if st.get("run"):
+            return st, registry_update(), registry_update()
+        active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued")]
+        return (monitor.follow(active[0].path) if active else st), registry_update(), registry_update()
+
+    def registry_update():
+        return gr.update(choices=registry.names(workdir / data_dir))
+
+    ctx.demo.load(on_load_page, state, [state, fields["data.dataset"], fields["data.eval_dataset"]])

@@ -1,0 +1,184 @@
+"""The web UI in a real headless browser (Debian's chromium, driven by Playwright): train, watch, list, abort.
+
+    .venv/bin/python -m pytest -q tests/test_ui_browser.py        (needs /usr/bin/chromium: apt-get install -y chromium)
+
+A `studio webui` server runs as a subprocess in a scratch working folder; the test clicks what a person
+would click. Screenshots of failures are kept under test-artifacts/.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from studio import runs
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_served(url: str, proc: subprocess.Popen, timeout: float = 180) -> float:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, "studio webui exited early"
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=2)
+            return time.time() - t0
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not served after {timeout}s")
+
+
+def start_server(workdir: Path, port: int) -> subprocess.Popen:
+    log = open(workdir / "webui.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "studio", "webui", "--port", str(port)], cwd=workdir, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture
+def server(tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    shutil.copytree(ROOT / "data", workdir / "data")
+    port = free_port()
+    proc = start_server(workdir, port)
+    url = f"http://127.0.0.1:{port}/"
+    wait_served(url, proc)
+    yield {"url": url, "workdir": workdir, "proc": proc}
+    proc.terminate()
+    proc.wait(timeout=30)
+    from studio import launch
+
+    for r in runs.list_runs(workdir / "runs"):
+        launch.stop(r.path, grace=5)
+
+
+@pytest.fixture
+def page(request):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(60_000)
+        failed_before = request.session.testsfailed
+        try:
+            yield pg
+        finally:
+            if request.session.testsfailed > failed_before:  # the call phase failed: keep what the page showed
+                ARTIFACTS.mkdir(exist_ok=True)
+                pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+            browser.close()
+
+
+def set_number(pg, elem_id: str, value) -> None:
+    box = pg.locator(f"#{elem_id} input").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def choose(pg, elem_id: str, option: str) -> None:
+    """Pick `option` in a gradio dropdown (multi-select: clears the others first)."""
+    clear = pg.locator(f"#{elem_id} .remove-all")
+    if clear.count():
+        clear.click()
+    pg.locator(f"#{elem_id} input").first.click()
+    pg.locator(f"[role=option][aria-label='{option}']").first.click()
+    pg.keyboard.press("Escape")
+    pg.wait_for_function(f"() => document.querySelector('#{elem_id} .token')?.innerText.includes('{option}')")
+
+
+def progress(pg) -> dict:
+    el = pg.locator("#progress [data-status]")
+    return {k: el.get_attribute(f"data-{k}") for k in ("status", "step", "total", "points")}
+
+
+def wait_status(pg, statuses: tuple, timeout: float) -> None:
+    cond = " || ".join(f"e.dataset.status === '{s}'" for s in statuses)
+    pg.wait_for_function(f"() => {{ const e = document.querySelector('#progress [data-status]'); return e && ({cond}) }}", timeout=timeout * 1000)
+
+
+def followed_run(workdir: Path, after: set) -> Path:
+    deadline = time.time() + 180  # the first Start waits for the data check (a short child process)
+    while time.time() < deadline:
+        new = [p for p in (workdir / "runs").glob("*") if p.is_dir() and p.name not in after]
+        if new:
+            return new[0]
+        time.sleep(0.2)
+    raise AssertionError("no run folder appeared")
+
+
+def set_text(pg, elem_id: str, value: str) -> None:
+    box = pg.locator(f"#{elem_id} input").first
+    box.fill(value)
+    box.press("Enter")
+    pg.keyboard.press("Escape")
+
+
+def test_train_watch_list_and_abort(server, page, tiny_model):
+    pg, workdir = page, server["workdir"]
+    pg.goto(server["url"])
+    pg.wait_for_selector("#start")
+    set_text(pg, "f-model-name_or_path", str(tiny_model))  # the free-text model box: any local folder
+    choose(pg, "f-data-dataset", "identity")
+    set_number(pg, "f-train-max_steps", 3)
+    set_number(pg, "f-train-per_device_train_batch_size", 2)
+    set_number(pg, "f-train-gradient_accumulation_steps", 1)
+    pg.click("#start")
+    run = followed_run(workdir, set())
+    wait_status(pg, ("running", "done"), 60)
+    # the loss plot gets points, the progress bar reaches the end
+    pg.wait_for_function("() => +(document.querySelector('#progress [data-points]')?.dataset.points || 0) > 0", timeout=600_000)
+    pg.wait_for_selector("#loss-plot svg .role-axis", timeout=30_000)
+    wait_status(pg, ("done", "error", "crashed"), 600)
+    state = progress(pg)
+    assert state["status"] == "done", pg.inner_text("#final")
+    assert state["step"] == state["total"] == "3"
+    assert "3/3" in pg.inner_text("#progress")
+    assert int(state["points"]) >= 3
+    axis = pg.locator("#loss-plot svg [aria-roledescription='axis']").first.get_attribute("aria-label")
+    assert "step" in axis and "discrete" not in axis  # a real numeric axis, not categories
+    assert "done" in pg.inner_text("#final") and "train loss" in pg.inner_text("#final")
+    assert pg.input_value("#f-model-name_or_path input") == str(tiny_model)
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "log"][-1] == 3
+    # the run is in the runs list
+    pg.wait_for_function(f"() => document.querySelector('#runs-table')?.innerText.includes('{run.name}')", timeout=30_000)
+    rows = pg.evaluate("() => [...document.querySelectorAll('#runs-table tr')].map(r => [...r.querySelectorAll('td')].map(c => c.textContent.trim()))")
+    row = next(r for r in rows if r and r[0] == run.name)
+    assert row[1] == "done" and row[6] == "3/3" and float(row[7]) > 0, row
+
+    # a second run, aborted while it loads or trains: nothing of it is left
+    set_number(pg, "f-train-max_steps", 100000)
+    pg.click("#start")
+    second = followed_run(workdir, {run.name})
+    wait_status(pg, ("running",), 60)
+    pg.wait_for_function(f"() => document.querySelector('#message')?.innerText.includes('{second.name}')", timeout=30_000)
+    time.sleep(3)
+    pg.click("#abort")
+    wait_status(pg, ("aborted",), 120)
+    job = json.loads((second / "job.json").read_text())
+    deadline = time.time() + 40
+    while runs.group_alive(job["pgid"]) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not runs.group_alive(job["pgid"]), "processes of the aborted run are still alive"
+    assert runs.status(second) == "aborted"
+    assert "aborted" in pg.inner_text("#final")

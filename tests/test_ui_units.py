@@ -1,0 +1,140 @@
+"""Web UI logic without a browser: form <-> spec, the monitor's reading of events, the access rule, job refusals."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from studio import spec as specmod
+from studio.ui import form, jobs, monitor
+from studio.ui.serve import check_access
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _form_names():
+    from studio.ui import app, train_tab
+
+    names = list(app.TOP)
+    for group in train_tab.GROUPS:
+        names += group
+    for _, _, group in train_tab.METHOD_GROUPS:
+        names += [n for n in group if n not in names]
+    return names + train_tab.MORE
+
+
+def test_ui_process_does_not_import_torch():
+    code = "import sys, studio.ui.app, studio.ui.train_tab; print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_form_field_has_help_from_the_spec():
+    for name in _form_names():
+        assert specmod.field_info(name)["help"], name
+
+
+def test_form_spec_round_trip():
+    names = _form_names()
+    spec = specmod.load(None, ["output_dir=runs/x", "data.dataset=[identity,alpaca_demo]", "data.max_samples=50",
+                               "model.quantization_bit=4", "method.lora.target=[q_proj,v_proj]", "train.learning_rate=0.0005",
+                               "train.eval_steps=5", "launch.devices=0,1", "model.adapter=runs/old", "train.compute_dtype=fp32"])
+    values = form.spec_to_values(spec, names)
+    shown = dict(zip(names, values))
+    assert shown["model.quantization_bit"] == "4" and shown["data.max_samples"] == "50"
+    assert shown["method.lora.target"] == "q_proj, v_proj" and shown["data.dataset"] == ["identity", "alpaca_demo"]
+    back = form.values_to_spec(shown)
+    for n in names:
+        assert specmod.get(back, n) == specmod.get(spec, n), n
+    assert form.spec_to_values(back, names) == values
+    # defaults survive the trip too, None included
+    default = specmod.JobSpec()
+    again = form.values_to_spec(dict(zip(names, form.spec_to_values(default, names))))
+    assert specmod.to_dict(again) == specmod.to_dict(default)
+
+
+def test_form_values_that_are_wrong_name_the_field():
+    with pytest.raises(specmod.SpecError, match="data.max_samples"):
+        form.values_to_spec({"data.max_samples": "many"})
+    with pytest.raises(specmod.SpecError, match="train.max_steps"):
+        form.values_to_spec({"train.max_steps": 2.5})
+    with pytest.raises(specmod.SpecError, match="learning_rate"):
+        form.values_to_spec({"train.learning_rate": 0})
+    assert form.values_to_spec({"data.max_samples": "", "model.quantization_bit": "none"}).data.max_samples is None
+
+
+def test_monitor_reads_partial_lines(tmp_path):
+    path = tmp_path / "events.jsonl"
+    state = monitor.follow(tmp_path)
+    path.write_text(json.dumps({"event": "start", "t": 1.0, "total_steps": 4}) + "\n" + '{"event": "log", "t": 2.0, "st')
+    state, new = monitor.advance(state)
+    assert [e["event"] for e in new] == ["start"]
+    with open(path, "a") as f:
+        f.write('ep": 1, "loss": 2.5, "learning_rate": 0.001, "total_steps": 4}\n{"event": "eval", "t": 3, "step": 1, "eval_loss": 2.0}\n')
+    state, new = monitor.advance(state)
+    assert [e["event"] for e in new] == ["log", "eval"]
+    state, new = monitor.advance(state)
+    assert new == [] and len(state["events"]) == 3
+    df = monitor.curves(state["events"])
+    assert df.to_dict("records") == [{"step": 1, "value": 2.5, "series": "loss"}, {"step": 1, "value": 2.0, "series": "eval_loss"}]
+    assert monitor.lr_curve(state["events"])["learning_rate"].tolist() == [0.001]
+    html = monitor.progress_html(state["events"], "running", str(tmp_path))
+    assert "step 1/4" in html and "loss 2.5000" in html and "width:25.0%" in html
+
+
+def test_monitor_final_messages(tmp_path):
+    (tmp_path / "output.log").write_text("loading\nTraceback ...\nValueError: boom\n")
+    evs = [{"event": "error", "t": 1, "message": "ValueError: boom"}]
+    text = monitor.final_message(evs, "error", tmp_path)
+    assert "failed" in text and "ValueError: boom" in text and "Traceback" in text
+    done = [{"event": "done", "t": 1, "step": 3, "train_loss": 1.25, "path": "runs/x/adapter"}]
+    assert "train loss 1.2500" in monitor.final_message(done, "done", tmp_path)
+
+
+def test_access_rule():
+    assert check_access("127.0.0.1", None, False) is None
+    assert check_access("localhost", None, False) is None
+    assert check_access("::1", None, False) is None
+    with pytest.raises(specmod.SpecError, match="--auth USER:PASS"):
+        check_access("0.0.0.0", None, False)
+    with pytest.raises(specmod.SpecError, match="--allow-open"):
+        check_access("192.168.1.5", None, False)
+    assert check_access("0.0.0.0", None, True) is None
+    assert check_access("0.0.0.0", "ann:pw:x", False) == ("ann", "pw:x")
+    with pytest.raises(specmod.SpecError, match="USER:PASS"):
+        check_access("0.0.0.0", "ann", False)
+
+
+def test_webui_refuses_open_host_from_the_cli():
+    res = subprocess.run([sys.executable, "-m", "studio", "webui", "--host", "0.0.0.0", "--port", "1"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and "error: --host 0.0.0.0" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_paths_stay_inside_the_working_folder(tmp_path):
+    assert jobs.inside(tmp_path, "runs/a", "output_dir") == (tmp_path / "runs" / "a").resolve()
+    for bad in ("../elsewhere", "/etc", "runs/../../x"):
+        with pytest.raises(specmod.SpecError, match="outside the working folder"):
+            jobs.inside(tmp_path, bad, "output_dir")
+    spec = specmod.load(None, ["output_dir=../escape"])
+    with pytest.raises(specmod.SpecError, match="outside the working folder"):
+        jobs.start(spec, tmp_path, tmp_path / "runs")
+
+
+def test_devices_overlap():
+    assert jobs.devices_overlap(None, "0")
+    assert jobs.devices_overlap("0,1", "1")
+    assert not jobs.devices_overlap("0", "1")
+    assert jobs.devices_overlap("cpu", "cpu")
+
+
+def test_auto_output_dirs_are_unique(tmp_path):
+    spec = specmod.load(None, ["output_dir=x"])
+    a = jobs.auto_output_dir(tmp_path / "runs", spec, tmp_path)
+    assert a.startswith("runs/") and a.endswith("-lora-identity")
+    (tmp_path / a).mkdir(parents=True)
+    assert jobs.auto_output_dir(tmp_path / "runs", spec, tmp_path) == a + "-2"
