@@ -25,8 +25,12 @@ install: $(STAMP)
 webui: $(STAMP)
 	$(BIN)/studio webui
 
-test: $(STAMP)
+test: $(STAMP) /usr/bin/chromium
 	$(BIN)/python -m pytest -q -x tests
+
+# the browser tests drive Debian's chromium (never a downloaded browser)
+/usr/bin/chromium:
+	apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow and not browser" tests
