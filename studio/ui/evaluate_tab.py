@@ -192,8 +192,12 @@ def build(ctx) -> None:
                                     label="compare with", info=specmod.field_help("eval.compare"),
                                     elem_id=form.elem_id("eval.compare"), render=False),
         "output_dir": gr.Textbox(value="", label="output dir", placeholder="auto: runs/<time>-eval-<datasets>", max_lines=1,
-                                 info=specmod.field_help("output_dir"), elem_id="eval-output-dir", render=False),
+                                 info=specmod.field_help("output_dir"), render=False),
     }
+    for name in (n for row in FIELDS for n in row):  # ids of their own: the Train tab has widgets for the same fields
+        comp = special.get(name) or form.widget(name, render=False)
+        comp.elem_id = "ev-" + form.elem_id(name)[2:]
+        special[name] = comp
     fields: dict = {}
     for row in FIELDS:
         with gr.Row(equal_height=False):

@@ -1,0 +1,78 @@
+"""The Evaluate & Predict tab in a real headless browser: compare the base model with an adapter, read the results.
+
+    .venv/bin/python -m pytest -q tests/test_ui_evaluate_browser.py     (needs /usr/bin/chromium)
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from studio import spec as specmod
+from test_ui_browser import CHROMIUM, choose, page, server, set_number  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
+
+
+def make_adapter_run(run, default_model_dir) -> None:
+    """A run folder as training leaves it, with a random LoRA on the default model (so its answers differ)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(default_model_dir),
+                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(run / "adapter")
+    spec = specmod.load(None, [f"output_dir={run}"])
+    specmod.dump(spec, run / "spec.yaml")
+
+
+def test_compare_and_browse_predictions(server, page, default_model_dir):
+    pg, workdir = page, server["workdir"]
+    make_adapter_run(workdir / "runs" / "rand_lora", default_model_dir)
+    pg.goto(server["url"])
+    pg.get_by_role("tab", name="Evaluate & Predict").click()
+    pg.click("#eval-refresh")
+    choose(pg, "ev-data-eval_dataset", "identity_eval")
+    choose(pg, "ev-eval-compare", "runs/rand_lora")
+    set_number(pg, "ev-data-max_samples", 3)
+    set_number(pg, "ev-eval-max_new_tokens", 8)
+    set_number(pg, "ev-eval-batch_size", 2)
+    pg.click("#eval-start")
+    pg.wait_for_function("() => document.querySelector('#eval-message')?.innerText.includes('started')", timeout=60_000)
+    pg.wait_for_function("() => ['done', 'error', 'crashed'].includes(document.querySelector('#eval-progress [data-status]')?.dataset.status)",
+                         timeout=600_000)
+    bar = pg.locator("#eval-progress [data-status]")
+    assert bar.get_attribute("data-status") == "done", pg.inner_text("#eval-progress")
+    assert bar.get_attribute("data-done") == bar.get_attribute("data-total") == "6"  # 3 samples x 2 models
+    run = next(p for p in (workdir / "runs").iterdir() if "-eval-" in p.name)
+    result = json.loads((run / "metrics.json").read_text())
+    assert [m["name"] for m in result["models"]] == ["base", "rand_lora"]
+
+    # the metrics side by side, as written
+    pg.wait_for_function("() => document.querySelector('#eval-metrics')?.innerText.includes('rand_lora')", timeout=30_000)
+    metrics_text = pg.inner_text("#eval-metrics")
+    assert "base" in metrics_text and "rouge-l" in metrics_text and str(result["models"][0]["bleu-4"]) in metrics_text
+    # the predictions of the last model, sortable and filterable
+    pg.wait_for_function("() => document.querySelector('#eval-count')?.innerText.includes('3 of 3')", timeout=30_000)
+    rows = [json.loads(line) for line in (run / "predictions-rand_lora.jsonl").read_text().splitlines()]
+    worst = min(rows, key=lambda r: r["rouge-l"])
+    first_row = pg.locator("#eval-predictions tbody tr").first.inner_text()
+    assert worst["query"] in first_row
+    assert "Worst samples" in pg.inner_text("#eval-extremes") and "Best samples" in pg.inner_text("#eval-extremes")
+    box = pg.locator("#eval-search input, #eval-search textarea").first
+    box.fill(rows[1]["query"])
+    box.press("Enter")
+    pg.wait_for_function("() => document.querySelector('#eval-count')?.innerText.includes('1 of 3')", timeout=30_000)
+    assert rows[1]["query"] in pg.locator("#eval-predictions tbody tr").first.inner_text()
+    # the other model's predictions
+    choose_single = pg.locator("#eval-model input").first
+    choose_single.click()
+    pg.locator("[role=option][aria-label='base']").first.click()
+    base_rows = [json.loads(line) for line in (run / "predictions-base.jsonl").read_text().splitlines()]
+    pg.wait_for_function(f"() => document.querySelector('#eval-predictions')?.innerText.includes({json.dumps(base_rows[1]['predict'][:30])})",
+                         timeout=30_000)
+    # the adapter's run folder remembers this evaluation
+    hist = [json.loads(line) for line in (workdir / "runs" / "rand_lora" / "evals.jsonl").read_text().splitlines()]
+    assert hist[-1]["eval_run"] == str(run.resolve())
