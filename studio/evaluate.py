@@ -76,11 +76,16 @@ def resolve(target: str, spec) -> Entry:
         template = (rs.get("model") or {}).get("template") or "auto"
     run = folder.parent if (folder.parent / "spec.yaml").exists() else (folder if (folder / "spec.yaml").exists() else None)
     name = run.name if run else folder.name
+    if run and folder.name.startswith("checkpoint-"):
+        name = f"{run.name}-{folder.name}"
     return Entry(name, str(folder) if adapter is None else base, adapter, template, run)
 
 
 def plan(spec) -> list[Entry]:
     """The models of an eval spec: model.adapter (or the base), then eval.compare; `base` first when compared."""
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(spec.eval, name) < 1:
+            raise specmod.SpecError(f"eval.{name}: must be at least 1")
     targets = [spec.model.adapter or "base"] + [c for c in spec.eval.compare if c]
     if "base" in targets:
         targets = ["base"] + [t for t in targets if t != "base"]
