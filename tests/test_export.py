@@ -194,6 +194,22 @@ def test_full_model_export_and_earlier_export_replaced(tiny_model, tmp_path):
     assert rc == 0 and json.loads((out / "export.json").read_text())["created"] > first  # an earlier export is replaced
 
 
+def test_qlora_adapter_is_merged_into_full_precision_weights(lora_run, tiny_model, tmp_path):
+    import shutil
+
+    run = tmp_path / "qlora_run"
+    shutil.copytree(lora_run, run)
+    for f in (run / "spec.yaml", run / "adapter" / "spec.yaml"):
+        spec = specmod.load(f)
+        spec.model.quantization_bit = 4
+        specmod.dump(spec, f)
+    rc, events = _export(tmp_path / "exp", f"model.name_or_path={tiny_model}", f"model.adapter={run}", "export.gguf=[]")
+    assert rc == 0 and events[-1]["verify"]["ok"], events[-1]
+    out = tmp_path / "exp" / "export"
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert "4-bit base" in (out / "README.md").read_text() and "full precision" in (out / "README.md").read_text()
+
+
 def test_prompt_tuning_exports_the_adapter(tiny_model, tmp_path):
     import peft
 
