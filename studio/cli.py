@@ -18,7 +18,8 @@ def _err(msg: str) -> int:
 
 
 def preflight(spec) -> None:
-    """Cheap checks before a child starts: the datasets exist and suit the stage."""
+    """Cheap checks before a child starts: the datasets exist and suit the stage, the machine suits the method."""
+    from studio import methods
     from studio.data import encode, registry
 
     if spec.task != "train":
@@ -26,6 +27,7 @@ def preflight(spec) -> None:
     info = registry.read_info(spec.data.dataset_dir)
     for name in list(spec.data.dataset) + list(spec.data.eval_dataset):
         encode.usable(registry.entry(spec.data.dataset_dir, name, info), spec.method.stage)
+    methods.preflight(spec)  # packages and hardware the method and options need
 
 
 def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str | None = None) -> int:

@@ -5,10 +5,20 @@
     prompt ptuning           learned virtual input tokens (ptuning: through a prompt encoder)
     full                     every weight
     freeze                   the last (or first) N decoder layers, or named modules, and nothing else
+
+Bottleneck adapters (Houlsby) are not offered: PEFT has no implementation of them, and the house rule is to
+use a maintained library rather than hand-write one.
+
+The child calls `apply` (trainable parameters), `optimizers` (LoRA+), `callbacks` (AdaLoRA rank allocation)
+and `setup_reporting` (offline experiment trackers); the CLI calls `preflight` before it starts a job.
 """
 from __future__ import annotations
 
 import re
+
+import importlib.util
+import os
+from pathlib import Path
 
 from studio.spec import JobSpec, SpecError
 
@@ -43,6 +53,9 @@ def peft_config(spec: JobSpec, model, total_steps: int | None = None):
         )
     if ft == "adalora":
         a = m.adalora
+        if total_steps is not None and a.tinit + a.tfinal >= total_steps:
+            raise SpecError(f"method.adalora.tinit ({a.tinit}) + method.adalora.tfinal ({a.tfinal}) must be fewer than the "
+                            f"training steps ({total_steps}): lower them or train longer (train.max_steps)")
         return peft.AdaLoraConfig(
             task_type=task, init_r=a.init_rank, target_r=a.target_rank, tinit=a.tinit, tfinal=a.tfinal, deltaT=a.delta_t,
             lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=_targets(spec), total_step=total_steps,
@@ -71,8 +84,13 @@ def peft_config(spec: JobSpec, model, total_steps: int | None = None):
     raise SpecError(f"method.finetuning_type: {ft} is not a PEFT method")
 
 
-def apply(spec: JobSpec, model, total_steps: int | None = None):
-    """Make the right parameters trainable; returns the model to train (a PeftModel for PEFT methods)."""
+def apply(spec: JobSpec, model, total_steps: int | None = None, run_dir: str | Path | None = None):
+    """Make the right parameters trainable; returns the model to train (a PeftModel for PEFT methods).
+
+    PiSSA moves the principal part of each weight into the adapter, so the base in memory is no longer the
+    original one: its initial adapter is saved to RUN_DIR/pissa_init, for `save` to turn the trained one into a
+    plain LoRA adapter (rank 2r) that works on the original base model.
+    """
     ft = spec.method.finetuning_type
     if ft == "full":
         for p in model.parameters():
@@ -88,7 +106,25 @@ def apply(spec: JobSpec, model, total_steps: int | None = None):
         from studio.models import find_adapter
 
         return peft.PeftModel.from_pretrained(model, str(find_adapter(spec.model.adapter)), is_trainable=True)
-    return peft.get_peft_model(model, peft_config(spec, model, total_steps))
+    import torch
+
+    torch.manual_seed(spec.train.seed)  # the same initial adapter (and PiSSA residual) when a run resumes
+    model = peft.get_peft_model(model, peft_config(spec, model, total_steps))
+    if spec.method.finetuning_type == "lora" and spec.method.lora.pissa and run_dir is not None:
+        model.peft_config["default"].init_lora_weights = True  # reload pissa_init as it is, without a new SVD
+        if int(os.environ.get("RANK", 0)) == 0:
+            model.save_pretrained(str(Path(run_dir) / PISSA_INIT))
+    return model
+
+
+PISSA_INIT = "pissa_init"
+
+
+def save(spec: JobSpec, model, target: Path, run_dir: Path) -> None:
+    """After the trainer saved `target`: rewrite a PiSSA adapter as a plain LoRA one for the original base model."""
+    init = Path(run_dir) / PISSA_INIT
+    if spec.method.finetuning_type == "lora" and spec.method.lora.pissa and init.exists():
+        model.save_pretrained(str(target), path_initial_model_for_weight_conversion=str(init))
 
 
 def _layers(model):
@@ -106,32 +142,126 @@ def _freeze(spec: JobSpec, model):
         raise SpecError(f"method.freeze.trainable_layers: must be between 1 and {n_layers} (or -1 to -{n_layers}), got {n}")
     ids = range(n_layers - n, n_layers) if n > 0 else range(0, -n)
     layer_prefixes = tuple(f"{prefix}.{i}." for i in ids)
-    extra = tuple(f.extra_modules or ())
+    params = list(model.named_parameters(remove_duplicate=False))  # tied weights appear under both names
+    for _, p in params:
+        p.requires_grad_(False)
     found = 0
-    for name, p in model.named_parameters():
-        train = name.startswith(layer_prefixes) and (not f.trainable_modules or any(k in name for k in f.trainable_modules))
-        train = train or any(name.startswith(e) or f".{e}." in f".{name}" for e in extra)
-        p.requires_grad_(train)
-        found += train
+    for name, p in params:
+        if name.startswith(layer_prefixes) and (not f.trainable_modules or any(k in name for k in f.trainable_modules)):
+            p.requires_grad_(True)
+            found += 1
     if not found:
-        raise SpecError(f"method.freeze: no parameter matches trainable_modules={f.trainable_modules}; check the names")
+        raise SpecError(f"method.freeze.trainable_modules: no parameter of layers {list(ids)} matches {f.trainable_modules}; "
+                        "use names such as self_attn, mlp, q_proj, input_layernorm")
+    for e in f.extra_modules or ():
+        hits = [p for name, p in params if name.startswith(e + ".") or f".{e}." in f".{name}"]
+        if not hits:
+            raise SpecError(f"method.freeze.extra_modules: no module named `{e}` in this model; use names such as lm_head, norm, embed_tokens")
+        for p in hits:
+            p.requires_grad_(True)
     return model
 
 
+def _numel(p) -> int:
+    """Weights a parameter stands for: a 4-bit bitsandbytes tensor packs two of them into each byte."""
+    return p.numel() * 2 if type(p).__name__ == "Params4bit" else p.numel()
+
+
 def count_params(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
     return trainable, total
 
 
-def adalora_callback():
-    """AdaLoRA re-allocates ranks between backward and the optimizer step."""
+def peak_memory() -> dict:
+    """Peak resident memory of this process (and peak GPU memory allocated by torch, on a GPU), in MiB."""
+    import resource
+    import sys
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def callbacks(spec: JobSpec) -> list:
+    """Trainer callbacks a method needs: AdaLoRA re-allocates ranks after each optimizer step."""
+    if spec.method.finetuning_type != "adalora":
+        return []
     from transformers import TrainerCallback
 
     class AdaLoraCallback(TrainerCallback):
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        # PEFT: call update_and_allocate after optimizer.step() and before zero_grad() (it reads the gradients)
+        def on_optimizer_step(self, args, state, control, model=None, **kw):
             base = getattr(model, "base_model", None)
             if base is not None and hasattr(base, "update_and_allocate"):
                 base.update_and_allocate(state.global_step)
 
-    return AdaLoraCallback()
+    return [AdaLoraCallback()]
+
+
+def optimizers(spec: JobSpec, model, args) -> tuple:
+    """(optimizer, scheduler) for the trainer; (None, None) lets it build them from train.optim.
+
+    LoRA+ uses the optimizer class of train.optim, with lr x loraplus_lr_ratio for every lora_B matrix.
+    """
+    ratio = spec.method.lora.loraplus_lr_ratio
+    if spec.method.finetuning_type != "lora" or not ratio:
+        return None, None
+    from peft.optimizers import create_loraplus_optimizer
+    from transformers import Trainer
+
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
+    return create_loraplus_optimizer(model, cls, lr=args.learning_rate, loraplus_lr_ratio=ratio,
+                                     weight_decay=args.weight_decay, **kwargs), None
+
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "swanlab": "swanlab"}
+
+
+def setup_reporting(spec: JobSpec, run_dir: Path) -> None:
+    """Point the experiment tracker of train.report_to at the run folder; with train.report_offline, no network."""
+    to, run_dir = spec.train.report_to, Path(run_dir).resolve()
+    env = os.environ
+    if to == "tensorboard":
+        env.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    elif to == "wandb":
+        env.setdefault("WANDB_DIR", str(run_dir))
+        env.setdefault("WANDB_PROJECT", "studio")
+        env.setdefault("WANDB_NAME", run_dir.name)
+        if spec.train.report_offline:
+            env["WANDB_MODE"] = "offline"
+    elif to == "mlflow":
+        if spec.train.report_offline or "MLFLOW_TRACKING_URI" not in env:
+            env["MLFLOW_TRACKING_URI"] = (run_dir / "mlruns").as_uri()
+        env.setdefault("MLFLOW_EXPERIMENT_NAME", "studio")
+        env.setdefault("MLFLOW_RUN_NAME", run_dir.name)
+    elif to == "swanlab":
+        env.setdefault("SWANLAB_LOG_DIR", str(run_dir / "swanlog"))
+        env.setdefault("SWANLAB_PROJECT", "studio")
+        if spec.train.report_offline:
+            env["SWANLAB_MODE"] = "local"
+
+
+def preflight(spec: JobSpec) -> None:
+    """Checks that need this machine (installed packages, hardware), run before a job starts."""
+    t, mo = spec.train, spec.model
+    package = TRACKERS.get(t.report_to)
+    if package and importlib.util.find_spec(package) is None:
+        extra = " (or: pip install 'studio[tensorboard]')" if package == "tensorboard" else ""
+        raise SpecError(f"train.report_to={t.report_to}: the `{package}` package is not installed; "
+                        f"pip install {package}{extra}, or set train.report_to=none")
+    needs_bnb = mo.quantization_bit is not None or "8bit" in t.optim
+    if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
+        fields = "model.quantization_bit" if mo.quantization_bit is not None else f"train.optim={t.optim}"
+        raise SpecError(f"{fields}: needs the bitsandbytes package; pip install bitsandbytes")
+    if t.compute_dtype == "fp16":  # without importing torch (the web UI calls this); bf16 on an old GPU: the child says so
+        from studio import devices
+
+        if spec.launch.devices == "cpu" or not devices.detect():
+            raise SpecError("train.compute_dtype=fp16: mixed fp16 training needs a CUDA GPU and this job has none; "
+                            "use fp32 (or bf16) on the CPU")

@@ -137,6 +137,7 @@ class TrainSpec:
     seed: int = _f(42, "Random seed for data order and initialisation.")
     resume_from_checkpoint: Optional[str] = _f(None, "`auto`: continue from the last checkpoint in the run folder; or a checkpoint path.")
     report_to: str = _f("none", "Also log to: none, tensorboard, wandb, mlflow, swanlab (offline modes need no network).", choices=["none", "tensorboard", "wandb", "mlflow", "swanlab"])
+    report_offline: bool = _f(True, "Keep wandb, mlflow and swanlab logs in the run folder (no network); false: send them to the service your environment configures.")
     num_threads: Optional[int] = _f(None, "CPU threads for torch. Empty: all cores.")
 
 
@@ -430,20 +431,13 @@ def validate(spec: JobSpec) -> JobSpec:
             raise SpecError(f"train.{name}: must be at least 1")
     if not 0 <= t.warmup_ratio < 1:
         raise SpecError("train.warmup_ratio: must be in [0, 1)")
-    if m.lora.rank < 1:
-        raise SpecError("method.lora.rank: must be at least 1")
+    _validate_method(spec)
     if mo.quantization_bit is not None and m.finetuning_type not in ("lora", "adalora", "ia3"):
         raise SpecError(
             f"model.quantization_bit={mo.quantization_bit} cannot be used with method.finetuning_type="
             f"{m.finetuning_type}: quantized weights cannot be trained directly. Use finetuning_type lora (QLoRA), "
             "or set model.quantization_bit to null."
         )
-    lora_only = {"dora": m.lora.dora, "pissa": m.lora.pissa, "loraplus_lr_ratio": m.lora.loraplus_lr_ratio}
-    for name, on in lora_only.items():
-        if on and m.finetuning_type != "lora":
-            raise SpecError(f"method.lora.{name} applies to finetuning_type lora only (got {m.finetuning_type})")
-    if m.lora.pissa and mo.quantization_bit is not None:
-        raise SpecError("method.lora.pissa with model.quantization_bit: PiSSA needs full-precision weights; turn one off")
     if la.nproc_per_node < 1 or la.nnodes < 1:
         raise SpecError("launch.nproc_per_node and launch.nnodes: must be at least 1")
     if not 0 <= la.node_rank < la.nnodes:
@@ -467,3 +461,68 @@ def validate(spec: JobSpec) -> JobSpec:
     if not _re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]i?B\s*", str(ex.max_shard_size), _re.I):
         raise SpecError(f"export.max_shard_size: `{ex.max_shard_size}` is not a size like 500MB or 2GB")
     return spec
+
+
+PROMPT_STYLE = ("prefix", "prompt", "ptuning", "ptuning_v2")
+
+
+def _validate_method(spec: JobSpec) -> None:
+    """Method and training options, and the combinations that cannot work (each message names the fields)."""
+    m, t, mo, d, lo = spec.method, spec.train, spec.model, spec.data, spec.method.lora
+    ft = m.finetuning_type
+    if lo.rank < 1:
+        raise SpecError("method.lora.rank: must be at least 1")
+    if lo.alpha <= 0:
+        raise SpecError("method.lora.alpha: must be greater than 0 (twice the rank is typical)")
+    if not 0 <= lo.dropout < 1:
+        raise SpecError("method.lora.dropout: must be in [0, 1)")
+    if lo.loraplus_lr_ratio is not None and lo.loraplus_lr_ratio <= 0:
+        raise SpecError("method.lora.loraplus_lr_ratio: must be greater than 0 (16 is typical), or empty for off")
+    if lo.layers is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in lo.layers):
+        raise SpecError(f"method.lora.layers: expected layer indices (whole numbers from 0), got {lo.layers}")
+    lora_only = {"dora": lo.dora, "pissa": lo.pissa, "loraplus_lr_ratio": lo.loraplus_lr_ratio, "layers": lo.layers,
+                 "modules_to_save": lo.modules_to_save}
+    for name, on in lora_only.items():
+        if on and ft != "lora":
+            raise SpecError(f"method.lora.{name} applies to method.finetuning_type=lora only (got {ft}); "
+                            f"clear method.lora.{name} or choose lora")
+    if lo.pissa and mo.quantization_bit is not None:
+        raise SpecError("method.lora.pissa with model.quantization_bit: PiSSA needs full-precision weights; turn one off")
+    if lo.pissa and lo.dora:
+        raise SpecError("method.lora.pissa with method.lora.dora: choose one of them")
+    if mo.quantization_bit is not None and ft not in ("lora", "adalora", "ia3"):
+        raise SpecError(
+            f"model.quantization_bit={mo.quantization_bit} cannot be used with method.finetuning_type={ft}: quantized "
+            "weights cannot be trained directly. Use finetuning_type lora (QLoRA), adalora or ia3, or set model.quantization_bit to null."
+        )
+    if ft in PROMPT_STYLE and d.packing:
+        raise SpecError(f"data.packing with method.finetuning_type={ft}: virtual tokens are added in front of each "
+                        "example, so examples cannot be packed into one row; set data.packing=false")
+    if ft in ("prefix", "ptuning_v2") and t.gradient_checkpointing:
+        raise SpecError(f"train.gradient_checkpointing with method.finetuning_type={ft}: the learned prefixes are passed as "
+                        "cached keys and values, which checkpointed layers drop; set train.gradient_checkpointing=false")
+    if ft == "freeze" and m.freeze.trainable_layers == 0:
+        raise SpecError("method.freeze.trainable_layers: 0 trains nothing; use N > 0 (last N layers) or -N (first N)")
+    p = m.prompt
+    if p.num_virtual_tokens < 1:
+        raise SpecError("method.prompt.num_virtual_tokens: must be at least 1")
+    if p.encoder_hidden_size < 1:
+        raise SpecError("method.prompt.encoder_hidden_size: must be at least 1")
+    if p.init_text and ft != "prompt":
+        raise SpecError(f"method.prompt.init_text applies to method.finetuning_type=prompt only (got {ft}); clear it")
+    a = m.adalora
+    if not 1 <= a.target_rank <= a.init_rank:
+        raise SpecError(f"method.adalora.target_rank ({a.target_rank}) must be between 1 and method.adalora.init_rank ({a.init_rank})")
+    if a.tinit < 0 or a.tfinal < 0 or a.delta_t < 1:
+        raise SpecError("method.adalora.tinit and tfinal: 0 or more; method.adalora.delta_t: at least 1")
+    if ft == "adalora" and t.max_steps > 0 and a.tinit + a.tfinal >= t.max_steps:
+        raise SpecError(f"method.adalora.tinit ({a.tinit}) + method.adalora.tfinal ({a.tfinal}) must be fewer than "
+                        f"train.max_steps ({t.max_steps}): AdaLoRA needs steps in between to prune ranks")
+    if t.warmup_steps < 0:
+        raise SpecError("train.warmup_steps: must be 0 or more")
+    if t.weight_decay < 0:
+        raise SpecError("train.weight_decay: must be 0 or more (0.01-0.1 is typical)")
+    if t.max_grad_norm < 0:
+        raise SpecError("train.max_grad_norm: must be 0 (no clipping) or more")
+    if t.neftune_alpha is not None and t.neftune_alpha <= 0:
+        raise SpecError("train.neftune_alpha: must be greater than 0 (5 is typical), or empty for off")

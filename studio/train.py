@@ -137,7 +137,7 @@ def sft_config(spec, run_dir: Path, has_eval: bool):
     )
 
 
-def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
+def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     import torch
     from trl import SFTTrainer
 
@@ -161,25 +161,15 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     from transformers import set_seed
 
     set_seed(spec.train.seed)  # adapters start the same on every rank and for any process count
-    model = methods.apply(spec, model, total_steps=total)
+    model = methods.apply(spec, model, total_steps=total, run_dir=run_dir)
     if spec.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     trainable, total_params = methods.count_params(model)
     callback = make_callback(writer, run_dir, {"num_examples": len(train_ds), "trainable_params": trainable,
                                                "total_params": total_params, "data": vars(report) | {"issues": None}})
-    optimizers = (None, None)
-    if spec.method.finetuning_type == "lora" and spec.method.lora.loraplus_lr_ratio:
-        from peft.optimizers import create_loraplus_optimizer
-
-        opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=spec.train.learning_rate,
-                                        loraplus_lr_ratio=spec.method.lora.loraplus_lr_ratio, weight_decay=spec.train.weight_decay)
-        optimizers = (opt, None)
+    methods.setup_reporting(spec, run_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                         callbacks=[callback], optimizers=optimizers)
-    if spec.method.finetuning_type == "adalora":
-        from studio.methods import adalora_callback
-
-        trainer.add_callback(adalora_callback())
+                         callbacks=[callback, *methods.callbacks(spec), *callbacks], optimizers=methods.optimizers(spec, model, args))
     resume = spec.train.resume_from_checkpoint
     if resume == "auto":
         from studio.runs import last_checkpoint
@@ -195,8 +185,10 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     out = save(spec, trainer, run_dir, template)
     metrics = {"step": trainer.state.global_step, "train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
                "trainable_params": trainable, "total_params": total_params, **out}
+    metrics.update(methods.peak_memory())
     if eval_ds is not None and not _Stop.requested:
-        metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
+        done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        metrics["eval_loss"] = done[-1] if done else trainer.evaluate().get("eval_loss")
     if _Stop.requested:
         metrics["aborted"] = True
     return metrics
@@ -209,6 +201,7 @@ def save(spec, trainer, run_dir: Path, template) -> dict:
     target = run_dir / ("adapter" if methods.is_peft(spec) else "model")
     trainer.save_model(str(target))
     if trainer.is_world_process_zero():
+        methods.save(spec, trainer.model, target, run_dir)  # PiSSA: a plain LoRA adapter for the original base
         tok = trainer.processing_class
         if template.builtin:
             tok.chat_template = template.chat_template()
