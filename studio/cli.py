@@ -48,7 +48,8 @@ def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str 
         print(f"started in the background (pid {proc.pid}); follow with: studio runs")
         return 0
     if spec.launch.node_rank > 0:  # node 0 writes the events; this node only runs its ranks
-        print(f"node {spec.launch.node_rank} of {spec.launch.nnodes}: running its ranks; node 0 shows the progress", flush=True)
+        print(f"node {spec.launch.node_rank} of {spec.launch.nnodes}: running its ranks (log: {run_dir}/output-node{spec.launch.node_rank}.log); "
+              "node 0 shows the progress", flush=True)
         return proc.wait()
 
     def forward(signum, frame):

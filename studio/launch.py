@@ -133,13 +133,18 @@ def prepare(spec: JobSpec) -> Path:
 
 
 def start(spec: JobSpec) -> subprocess.Popen:
-    """Write the spec into the run folder and start the child, detached, its output into output.log."""
-    if runs.is_running(spec.output_dir):
+    """Write the spec into the run folder and start the child, detached, its output into output.log.
+
+    Node 1, 2 ... of a multi-node job keep their own output-node{N}.log and job-node{N}.json, so that on a
+    shared folder they do not hide node 0's job (which writes the events and owns the run's status).
+    """
+    node = spec.launch.node_rank if spec.launch.nnodes > 1 else 0
+    if node == 0 and runs.is_running(spec.output_dir):
         raise specmod.SpecError(f"output_dir: {spec.output_dir} has a job running; choose another output folder or stop it first")
     run_dir = prepare(spec)
     (run_dir / runs.QUEUED).unlink(missing_ok=True)
     argv = command(spec, run_dir)
-    log = open(run_dir / "output.log", "ab")
+    log = open(run_dir / ("output.log" if node == 0 else f"output-node{node}.log"), "ab")
     log.write(f"$ {shell_line(spec, run_dir)}\n".encode())
     log.flush()
     proc = subprocess.Popen(
@@ -148,7 +153,7 @@ def start(spec: JobSpec) -> subprocess.Popen:
     )
     log.close()
     job = {"pid": proc.pid, "pgid": proc.pid, "argv": argv, "started": time.time(), "host": socket.gethostname()}
-    (run_dir / runs.JOB).write_text(json.dumps(job))
+    (run_dir / (runs.JOB if node == 0 else f"job-node{node}.json")).write_text(json.dumps(job))
     return proc
 
 

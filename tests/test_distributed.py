@@ -171,3 +171,20 @@ def test_a_crashing_rank_ends_the_job_with_its_error(tiny_model, tmp_path):
     assert "job failed: rank 1: RuntimeError: rank 1 ran out of memory" in res.stderr
     assert runs.status(run_dir) == "error" and not _left(run_dir)
     assert json.loads((run_dir / "error-rank1.json").read_text())["rank"] == 1
+
+
+def test_two_nodes_on_one_machine(one_process, tiny_model, tmp_path):
+    """nnodes=2 for real: node 0 and node 1 are two `studio train` commands sharing the run folder, as on a shared filesystem."""
+    over = _overrides(tiny_model, tmp_path, "run", 2, "launch.nnodes=2", "launch.nproc_per_node=1",
+                      f"launch.master_port={launch.free_port()}")
+    cmd = [sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"), *over]
+    node0 = subprocess.Popen([*cmd, "launch.node_rank=0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node1 = subprocess.run([*cmd, "launch.node_rank=1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out0, _ = node0.communicate(timeout=600)
+    run_dir = tmp_path / "run"
+    assert node0.returncode == 0 and node1.returncode == 0, out0[-3000:] + node1.stdout[-2000:] + node1.stderr[-2000:]
+    assert "node 1 of 2: running its ranks" in node1.stdout and "done:" in out0
+    assert "--nnodes=2 --node_rank=1" in (run_dir / "output-node1.log").read_text().splitlines()[0]
+    assert runs.job_info(run_dir)["argv"][-1] == str(run_dir) and "--node_rank=0" in " ".join(runs.job_info(run_dir)["argv"])
+    assert max(abs(a - b) for a, b in zip(_losses(one_process), _losses(run_dir))) < TOLERANCE
+    assert [e["event"] for e in ev.read_all(run_dir)].count("start") == 1 and runs.status(run_dir) == "done"
