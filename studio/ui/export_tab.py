@@ -37,7 +37,7 @@ def run_choices(runs_root: Path, workdir: Path) -> list:
 
 def make_spec(source: str, top_model: str, export_dir: str, gguf: list, values: dict, runs_root: Path, workdir: Path):
     """The export JobSpec for the form: a run folder (its base model comes from the run) or a whole model folder."""
-    from studio import export
+    from studio import export_source as export
 
     spec = form.values_to_spec(values, specmod.JobSpec(task="export"))
     spec.export.gguf = [q for q in GGUF_TYPES if q in (gguf or [])]
