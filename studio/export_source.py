@@ -97,8 +97,10 @@ def defaults_from_run(spec, explicit: set[str]) -> None:
 def target_dir(spec, source: Source | None = None) -> Path:
     """export.export_dir, checked: an existing folder must be an earlier export unless export.overwrite."""
     d = Path(spec.export.export_dir or Path(spec.output_dir) / "export").expanduser()
-    if d.resolve() == Path(spec.output_dir).resolve():
-        raise SpecError(f"export.export_dir: {d} is the job's own folder (output_dir); choose a folder inside or beside it")
+    out, cwd = Path(spec.output_dir).resolve(), Path.cwd().resolve()
+    if d.resolve() in (out, *out.parents) or d.resolve() in (cwd, *cwd.parents):
+        raise SpecError(f"export.export_dir: {d} holds the job's own folder or the working folder, which an export would "
+                        "replace; choose a new folder, e.g. OUTPUT_DIR/export")
     if source is not None:
         for src in filter(None, (source.adapter, Path(source.base) if source.kind == "full" else None)):
             if d.resolve() in (src.resolve(), *src.resolve().parents):

@@ -241,6 +241,9 @@ def test_refusals(lora_run, tiny_model, tmp_path, capsys):
     assert cli.main(["export", str(spec_file), f"export.export_dir={other}", "--dry-run"]) == 2
     assert "not an earlier export" in capsys.readouterr().err and (other / "notes.txt").exists()
     assert cli.main(["export", str(spec_file), f"export.export_dir={other}", "export.overwrite=true", "--dry-run"]) == 0
+    for where in (tmp_path, ROOT):  # a folder that holds the job's own folder, or the working folder: never replaced
+        assert cli.main(["export", str(spec_file), f"export.export_dir={where}", "export.overwrite=true", "--dry-run"]) == 2
+        assert "would replace" in capsys.readouterr().err
     with pytest.raises(specmod.SpecError, match="would replace the model"):
         export.target_dir(specmod.load(spec_file, [f"export.export_dir={lora_run}"]), export.find_source(
             specmod.load(spec_file, [f"model.name_or_path={tiny_model}"])))
