@@ -168,7 +168,9 @@ def stop(run_dir: str | Path, grace: float = 30.0, wait: bool = True) -> bool:
         return False
     pgid = info["pgid"]
     pids = job_pids(info)
-    _signal_group(pgid, signal.SIGTERM)
+    if not info.get("stopping"):  # once: a second SIGTERM makes torchrun drop its own graceful shutdown
+        _signal_group(pgid, signal.SIGTERM)
+        (Path(run_dir) / runs.JOB).write_text(json.dumps({**info, "stopping": time.time()}))
     if not wait:
         return True
     deadline = time.time() + grace

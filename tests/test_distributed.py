@@ -108,6 +108,7 @@ def test_abort_stops_both_ranks_at_one_step(tiny_model, tmp_path):
     run_dir = Path(spec.output_dir)
     _wait_for_step(run_dir, 2, proc)
     t0 = time.time()
+    assert launch.stop(run_dir, wait=False)  # as the web UI does: SIGTERM now, then a timer that kills what lingers
     assert launch.stop(run_dir, grace=60)
     took = time.time() - t0
     proc.wait(timeout=30)

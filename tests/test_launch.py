@@ -155,19 +155,24 @@ def test_estimate_follows_sharding_offload_and_checkpointing():
     assert "GiB per GPU" in one.text()
 
 
-def test_stop_kills_a_descendant_in_its_own_session(tmp_path):
-    """torchrun starts each rank in a session of its own: stop() must reach it even after torchrun is gone."""
-    code = ("import subprocess, time, sys; p = subprocess.Popen(['sleep', '300'], start_new_session=True); "
-            "print(p.pid, flush=True); time.sleep(300)")
+def test_stop_signals_once_and_kills_a_descendant_in_its_own_session(tmp_path):
+    """torchrun starts each rank in a session of its own: stop() must reach it even after torchrun is gone.
+    A second stop (the UI's follow-up kill timer) must not send a second SIGTERM: torchrun would cut short its shutdown."""
+    marks = tmp_path / "signals.txt"
+    code = ("import signal, subprocess, time, sys; p = subprocess.Popen(['sleep', '300'], start_new_session=True); "
+            f"signal.signal(signal.SIGTERM, lambda *a: open({str(marks)!r}, 'a').write('TERM\\n')); "
+            "print(p.pid, flush=True); [time.sleep(0.1) for _ in range(3000)]")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
     grandchild = int(proc.stdout.readline())
     (tmp_path / runs.JOB).write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid}))
     assert launch.job_pids({"pid": proc.pid, "pgid": proc.pid}) >= {proc.pid, grandchild}
     t0 = time.time()
+    assert launch.stop(tmp_path, wait=False)
     assert launch.stop(tmp_path, grace=1.0)
     proc.wait(timeout=10)
     time.sleep(0.2)
     assert not runs.pid_alive(grandchild) and time.time() - t0 < 10
+    assert marks.read_text() == "TERM\n"  # one SIGTERM, then SIGKILL
     last = ev.final(ev.read_all(tmp_path))
     assert last["event"] == "aborted" and last["killed"] is True
 
