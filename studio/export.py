@@ -97,6 +97,7 @@ class Job:
             result = self._prompt() if self.source.kind == "prompt" else self._merged()
             self._finish(result)
         except BaseException as e:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop request must not interrupt the clean-up
             shutil.rmtree(self.tmp, ignore_errors=True)
             if _is_disk_full(e):
                 from studio.models import ModelError
@@ -330,7 +331,29 @@ def cmd_export(args) -> int:
     raw = specmod.merge(specmod.read_yaml(args.spec), specmod.parse_overrides(args.overrides))
     defaults_from_run(spec, set(specmod.flatten(raw)))
     target_dir(spec, find_source(spec))  # refuse bad input before a child starts
-    return run_job(spec, args.dry_run, args.detach)
+    rc = run_job(spec, args.dry_run, args.detach)
+    end = ev.final(ev.read_all(spec.output_dir)) if not (args.dry_run or args.detach) else None
+    if end and end.get("files"):
+        print(summary(end))
+    return rc
+
+
+def summary(end: dict) -> str:
+    """A few lines for people: where, how big, the checks, a sample answer, the Ollama command."""
+    files = end.get("files") or {}
+    lines = [f"exported to {end['export_dir']} ({end.get('total_bytes', 0) / 1e6:.0f} MB): {', '.join(files)}"]
+    v = end.get("verify")
+    if v:
+        lines.append(f"verification: {v['summary']} (top-1 agreement {v['top1_agreement']:.3f})")
+        lines += [f"llama.cpp {n}: {'ok' if g['ok'] else 'FAILED'}, next-token agreement {g['top1_agreement']:.3f}, "
+                  f"same tokens {g['same_tokens_as_tokenizer']}" for n, g in (v.get("gguf") or {}).items()]
+        lines.append(f"sample: {v['sample']['prompt']} -> {v['sample']['answer']}")
+    for key in ("why_not_merged", "gguf_skipped"):
+        if end.get(key):
+            lines.append(end[key])
+    if end.get("ollama_command"):
+        lines.append(f"ollama: {end['ollama_command']}")
+    return "\n".join(lines)
 
 
 def add_cli(sub) -> None:

@@ -333,6 +333,8 @@ def test_identity_export_end_to_end(identity_run, tmp_path):
                           f"output_dir={out}", f"model.adapter={identity_run}", f"export.export_dir={out / 'export'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "[4/8] verify" in res.stdout and "sample: Who are you? -> I am Pico" in res.stdout
+    assert "ollama: cd " in res.stdout and "verification: largest logit difference" in res.stdout
     done = ev.final(ev.read_all(out))
     exp = out / "export"
     assert done["event"] == "done" and done["verify"]["ok"] and done["max_logit_diff"] < 0.25
