@@ -1,8 +1,13 @@
 """Start, stop and follow jobs. A job is a child process in its own process group that reads RUN_DIR/spec.yaml.
 
-    argv = command(spec, run_dir)      # pure: what will run (shown by --dry-run and the UI's Preview)
+    argv = command(spec, run_dir)      # pure: what will run (one process, or torchrun for several / DeepSpeed)
+    text = describe(spec)              # the same as shell lines, one per node (--dry-run, the UI's Preview)
     proc = start(spec)                 # writes spec.yaml and job.json, starts the child detached
-    stop(run_dir)                      # SIGTERM to the group; SIGKILL after a grace period
+    stop(run_dir)                      # SIGTERM once; SIGKILL to every process of the job after a grace period
+    finish(run_dir, proc.returncode)   # the child is gone: make sure the events end with done/error/aborted
+
+Only rank 0 writes events. A rank that fails leaves RUN_DIR/error-rank{N}.json, and the job's `error` event
+names the first rank that failed, with its message.
 """
 from __future__ import annotations
 
