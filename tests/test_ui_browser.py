@@ -182,3 +182,33 @@ def test_train_watch_list_and_abort(server, page, tiny_model):
     assert not runs.group_alive(job["pgid"]), "processes of the aborted run are still alive"
     assert runs.status(second) == "aborted"
     assert "aborted" in pg.inner_text("#final")
+
+
+def test_preview_and_register_a_dataset(server, page, tmp_path):
+    pg, workdir = page, server["workdir"]
+    pg.goto(server["url"])
+    pg.wait_for_selector("#start")
+    # the preview of the identity set: counts, and the answers highlighted as the tokens that carry the loss
+    pg.click("#data-preview")
+    pg.click("#preview-data")
+    pg.wait_for_function("() => document.querySelector('#preview-counts')?.innerText.includes('trained tokens')", timeout=180_000)
+    counts = pg.inner_text("#preview-counts")
+    assert "60 examples" in counts and "0 dropped" in counts
+    trained = pg.locator("#preview-body .st-example .t").first.inner_text()
+    assert "Pico" in trained
+    # upload a file, map its columns, preview it, save it into dataset_info.json
+    upload = tmp_path / "faq.jsonl"
+    upload.write_text("\n".join(json.dumps({"question": f"Question {i}?", "answer": f"Answer {i}."}) for i in range(4)) + "\n")
+    pg.click("#add-dataset")
+    pg.locator("#upload input[type=file]").set_input_files(str(upload))
+    pg.wait_for_function("() => document.querySelector('#new-name textarea, #new-name input')?.value === 'faq'", timeout=60_000)
+    pg.click("#new-preview")
+    pg.wait_for_function("() => document.querySelector('#add-dataset')?.innerText.includes('4 examples')", timeout=180_000)
+    assert "Answer 0." in pg.locator("#add-dataset .st-example .t").first.inner_text()
+    pg.click("#new-save")
+    pg.wait_for_function("() => document.querySelector('#add-dataset')?.innerText.includes('saved in')", timeout=30_000)
+    info = json.loads((workdir / "data" / "dataset_info.json").read_text())
+    assert info["faq"] == {"file_name": "faq.jsonl", "columns": {"prompt": "question", "response": "answer"}}
+    assert (workdir / "data" / "faq.jsonl").read_text() == upload.read_text()
+    assert list((workdir / ".studio" / "uploads").rglob("faq.jsonl"))  # gradio's own copy stays in the working folder too
+    choose(pg, "f-data-dataset", "faq")  # the new entry is offered at once

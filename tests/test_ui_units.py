@@ -138,3 +138,82 @@ def test_auto_output_dirs_are_unique(tmp_path):
     assert a.startswith("runs/") and a.endswith("-lora-identity")
     (tmp_path / a).mkdir(parents=True)
     assert jobs.auto_output_dir(tmp_path / "runs", spec, tmp_path) == a + "-2"
+
+
+def _names_with_launch():
+    from studio.ui import launch_fields
+
+    return _form_names() + [n for n in launch_fields.NAMES if n not in _form_names()]
+
+
+def test_round_trip_covers_the_launch_fields():
+    names = _names_with_launch()
+    spec = specmod.load(None, ["output_dir=runs/x", "launch.devices=0,1", "launch.nproc_per_node=2", "launch.deepspeed=z2"])
+    back = form.values_to_spec(dict(zip(names, form.spec_to_values(spec, names))))
+    assert specmod.to_dict(back) == specmod.to_dict(spec)
+
+
+def test_preview_marks_trained_tokens_and_refuses_masked_data(tiny_model, tmp_path):
+    ok = specmod.load(None, [f"model.name_or_path={tiny_model}", f"data.dataset_dir={ROOT / 'data'}", "data.cutoff_len=256",
+                             "output_dir=runs/x"])
+    res = jobs.preview(ok, limit=3)
+    s = res["stats"]
+    assert s["examples"] == s["records"] > 0 and 0 < s["trained_tokens"] < s["tokens"] and "reason" not in res
+    ex = res["examples"][0]
+    assert len(res["examples"]) == 3 and ex["tokens"] > ex["trained"] > 0
+    trained = "".join(t for t, on in ex["pieces"] if on)
+    untrained = "".join(t for t, on in ex["pieces"] if not on)
+    assert "Pico" in trained and "Pico" not in untrained and "user" in untrained  # the answer carries the loss, the prompt not
+    # a cutoff shorter than the prompts leaves nothing to train: the preview says why, and Start refuses with that reason
+    masked = specmod.load(None, [f"model.name_or_path={tiny_model}", f"data.dataset_dir={ROOT / 'data'}", "data.cutoff_len=8",
+                                 f"output_dir={tmp_path / 'runs' / 'm'}"])
+    res = jobs.preview(masked, limit=1)
+    assert res["stats"]["trained_tokens"] == 0 and "no trainable tokens" in res["reason"] and "cutoff_len" in res["reason"]
+    with pytest.raises(Exception, match="no trainable tokens") as err:
+        jobs.start(masked, tmp_path, tmp_path / "runs", check_data=jobs.preview)
+    assert type(err.value).__name__ == "DataError"
+    assert not (tmp_path / "runs" / "m" / "job.json").exists()
+
+
+def test_second_start_on_the_same_devices_is_refused(tmp_path):
+    runs_root = tmp_path / "runs"
+    busy = runs_root / "busy"
+    specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+        second = specmod.load(None, [f"output_dir={runs_root / 'second'}"])
+        with pytest.raises(specmod.SpecError, match="busy is running on the same devices"):
+            jobs.start(second, tmp_path, runs_root)
+        assert not (runs_root / "second").exists()
+        other_gpu = specmod.load(None, [f"output_dir={runs_root / 'second'}", "launch.devices=1"])
+        specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")
+        assert jobs.busy_with(runs_root, other_gpu) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_register_an_upload(tmp_path):
+    from studio.data import registry
+    from studio.ui import dataset_view
+
+    rows = [{"question": "Who are you?", "answer": "Pico.", "system": "Be brief."}]
+    f = tmp_path / "qa.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cols, first = dataset_view.sniff(f)
+    fmt, mapping = dataset_view.guess(cols, first)
+    assert fmt == "alpaca" and mapping["prompt"] == "question" and mapping["response"] == "answer" and mapping["system"] == "system"
+    raw = dataset_view.entry_for("qa.jsonl", fmt, mapping, first)
+    (tmp_path / "dataset_info.json").write_text("{}")
+    registry.register(tmp_path, "qa", raw)
+    e = registry.entry(tmp_path, "qa")
+    from studio.data import convert, readers
+
+    (loc, rec), = readers.read_entry(e)[0]
+    assert convert.to_messages(rec, e) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"},
+                                           {"role": "assistant", "content": "Pico."}]
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    fmt, mapping = dataset_view.guess(["messages"], chat)
+    raw = dataset_view.entry_for("c.json", fmt, mapping, chat)
+    assert fmt == "sharegpt" and raw["columns"] == {"messages": "messages"} and raw["tags"]["role_tag"] == "role"

@@ -47,7 +47,7 @@ def examples_html(result: dict, page: int) -> str:
         body = "".join(f"<span class='t'>{html.escape(t)}</span>" if on else html.escape(t) for t, on in ex["pieces"])
         cut = " · <span class='cut'>cut at cutoff_len</span>" if ex["truncated"] else ""
         parts.append(f"<div class='st-meta'>{html.escape(ex['loc'])} · {ex['tokens']} tokens, {ex['trained']} trained{cut}</div>"
-                     f"<div class='st-tok'>{body}</div>")
+                     f"<div class='st-tok st-example'>{body}</div>")
     return "".join(parts)
 
 

@@ -49,6 +49,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, al
     demo.queue(default_concurrency_limit=4).launch(
         server_name=host, server_port=port, auth=credentials, show_error=True, quiet=True,
         allowed_paths=[str(workdir)], **app.launch_kwargs(),
+        _frontend=False,  # skips gradio's 3-second HEAD self-check, which fails a busy machine's server at start
     )
 
 
