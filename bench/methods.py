@@ -1,9 +1,10 @@
 """Method comparison: every fine-tuning method on the default model and the identity data, through `studio train`.
 
-    .venv/bin/python bench/methods.py [--steps 10] [--only lora,full] [--out bench/results/methods.json]
+    .venv/bin/python bench/methods.py [--steps 10] [--accum 2] [--only lora,full] [--out bench/results/methods.json]
+    .venv/bin/python bench/methods.py --render A.json B.json     (one table from the rows of several partial runs)
 
 Each method runs its example from examples/ (its own learning rate and options) for the same number of optimizer
-steps on the same batches (identity, batch 4 x accumulation 2, cutoff 256), as a real CLI run with a real child
+steps on the same batches (identity, batch 4 x accumulation --accum, cutoff 256), as a real CLI run with a real child
 process. From the run's events: trainable parameters (count and share), the child's peak resident memory (and
 peak GPU memory on a GPU), training tokens per second (steady state: the first step is left out) and the loss at
 the first and the last step. Writes the JSON and the table in docs/methods.md (between its table markers).
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -44,13 +46,14 @@ METHODS = [
 ]
 
 
-def run_one(name: str, example: str, steps: int, root: Path) -> dict:
+def run_one(name: str, example: str, steps: int, accum: int, root: Path) -> dict:
     from studio import events as ev
     from studio import spec as specmod
 
     out = root / name
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run folder: events of an earlier run would mix in
     over = [f"output_dir={out}", f"train.max_steps={steps}", "train.per_device_train_batch_size=4",
-            "train.gradient_accumulation_steps=2", "train.save_steps=100000", "train.logging_steps=1", "data.cutoff_len=256",
+            f"train.gradient_accumulation_steps={accum}", "train.save_steps=100000", "train.logging_steps=1", "data.cutoff_len=256",
             f"data.dataset_dir={ROOT / 'data'}"]
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / example), *over], cwd=ROOT, capture_output=True, text=True)
@@ -89,8 +92,9 @@ def fmt_params(n: int) -> str:
 def table(rows: list[dict], meta: dict) -> str:
     desc = {n: d for n, _, d in METHODS}
     lines = [f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPU cores, torch {meta['torch']}, "
-             f"{'GPU ' + meta['gpu'] if meta['gpu'] else 'no GPU'}); {meta['steps']} optimizer steps of 8 examples each; "
-             f"load average {meta['load_before']} before and {meta['load_after']} after (the CPU was shared).", "",
+             f"{'GPU ' + meta['gpu'] if meta['gpu'] else 'no GPU'}); {meta['steps']} optimizer steps of {4 * meta['accum']} examples each; "
+             f"load average {meta['load_before']} before and {meta['load_after']} after (the CPU was shared"
+             f"{'; ' + meta['note'] if meta.get('note') else ''}).", "",
              "| method | what trains | trainable | % of model | peak RSS | tokens/s | loss step 1 | loss step N | lr | saved | `studio train` |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -113,31 +117,45 @@ def write_doc(rows: list[dict], meta: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--accum", type=int, default=2, help="gradient accumulation steps (batch 4 each)")
+    ap.add_argument("--render", nargs="*", help="write the doc table from these JSON results (rows in METHODS order) and exit")
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "methods.json"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_methods"))
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite the table in docs/methods.md")
     args = ap.parse_args()
+    if args.render:
+        parts = [json.loads(Path(f).read_text()) for f in args.render]
+        by_name = {r["method"]: r for part in parts for r in part["rows"]}
+        meta = dict(parts[0]["meta"])
+        meta["load_before"] = max(p["meta"]["load_before"] for p in parts)
+        meta["load_after"] = max(p["meta"].get("load_after", 0) for p in parts)
+        meta["note"] = f"{len(parts)} benchmark processes ran side by side"
+        rows = [by_name[n] for n, _, _ in METHODS if n in by_name]
+        write_doc(rows, meta)
+        print(table(rows, meta))
+        return 0
     import torch
 
     only = {x for x in args.only.split(",") if x}
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((x.split(":", 1)[1].strip() for x in cpuinfo.splitlines() if x.startswith("model name")), platform.machine())
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": model,
-            "cpus": os.cpu_count(), "torch": torch.__version__, "steps": args.steps,
+            "cpus": os.cpu_count(), "torch": torch.__version__, "steps": args.steps, "accum": args.accum,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "", "load_before": round(os.getloadavg()[0], 1)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # --only reruns some methods and keeps the other rows of an earlier run with the same number of steps
     old = json.loads(out.read_text()) if only and out.exists() else {"meta": {}, "rows": []}
-    kept = {r["method"]: r for r in old["rows"]} if old["meta"].get("steps") == args.steps else {}
+    same = old["meta"].get("steps") == args.steps and old["meta"].get("accum") == args.accum
+    kept = {r["method"]: r for r in old["rows"]} if same else {}
     rows = []
     for name, example, _ in METHODS:
         if only and name not in only:
             if name in kept:
                 rows.append(kept[name])
             continue
-        row = run_one(name, example, args.steps, Path(args.runs))
+        row = run_one(name, example, args.steps, args.accum, Path(args.runs))
         print(json.dumps(row), flush=True)
         rows.append(row)
         meta["load_after"] = round(os.getloadavg()[0], 1)

@@ -6,18 +6,18 @@
     full                     every weight
     freeze                   the last (or first) N decoder layers, or named modules, and nothing else
 
-Bottleneck adapters (Houlsby) are not offered: PEFT has no implementation of them, and the house rule is to
-use a maintained library rather than hand-write one.
+Bottleneck adapters (Houlsby) are not offered: PEFT has none, and the maintained implementation (AdapterHub's
+`adapters`) requires transformers 4; see docs/methods.md.
 
-The child calls `apply` (trainable parameters), `optimizers` (LoRA+), `callbacks` (AdaLoRA rank allocation)
-and `setup_reporting` (offline experiment trackers); the CLI calls `preflight` before it starts a job.
+The child calls `apply` (trainable parameters), `optimizers` (LoRA+), `callbacks` (AdaLoRA rank allocation),
+`setup_reporting` (offline experiment trackers) and `save` (PiSSA); the CLI and the web UI call `preflight`
+(packages and hardware, without importing torch) before they start a job.
 """
 from __future__ import annotations
 
-import re
-
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 from studio.spec import JobSpec, SpecError

@@ -72,7 +72,7 @@ class LoraSpec:
     rank: int = _f(8, "LoRA rank r: the size of the low-rank update.")
     alpha: int = _f(16, "LoRA alpha: the update is scaled by alpha / rank (alpha / sqrt(rank) with rslora).")
     dropout: float = _f(0.0, "Dropout on the LoRA input.")
-    target: Union[str, list] = _f("all-linear", "Modules that get LoRA: `all-linear` or a list of module names (q_proj, v_proj, ...).")
+    target: Union[str, list] = _f("all-linear", "Modules that get LoRA, AdaLoRA or IA3: `all-linear` (for IA3: k_proj, v_proj, down_proj) or a list of module names (q_proj, v_proj, ...).")
     dora: bool = _f(False, "DoRA: weight-decomposed LoRA (a learned magnitude per output feature).")
     rslora: bool = _f(False, "rsLoRA: scale by alpha / sqrt(rank), stable at high ranks.")
     pissa: bool = _f(False, "PiSSA initialisation: start from the principal singular vectors of each weight.")

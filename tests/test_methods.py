@@ -118,11 +118,15 @@ def test_method_trains_only_its_parameters_and_reloads(case, tiny_model, tmp_pat
     for n, p in model.state_dict().items():
         if case in ("lora_pissa", "adalora"):
             break  # saved as a plain LoRA of rank 2r for the original base / with pruned ranks cut out: logits below
-        if "lora_" in n or "prompt_encoder" in n or "modules_to_save" in n:
+        # (prefix and ptuning save their encoder's output table, not the encoder: their logits are compared below)
+        if "lora_" in n or "modules_to_save" in n or (case in ("prompt", "ptuning_v2") and "prompt_encoder" in n):
             assert n in saved_state and torch.equal(saved_state[n], p), f"{case}: {n} not saved as trained"
     # bitsandbytes' CPU kernels keep state between training and inference forwards: ~1e-3 apart on the same weights
     tol = 1e-2 if spec.model.quantization_bit else 1e-4
     assert torch.allclose(_logits(reloaded, tok), expected, atol=tol), f"{case}: reloaded logits differ"
+    batch = tok(["Who are you?"], return_tensors="pt")  # and it generates, as Evaluate and Chat will ask it to
+    out = reloaded.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 3
     saved = specmod.load(run_dir / ("adapter" if (run_dir / "adapter").exists() else "model") / "spec.yaml")
     assert saved.method.finetuning_type == spec.method.finetuning_type
 
@@ -220,3 +224,26 @@ def test_cli_refuses_before_starting_a_job(tiny_model, tmp_path, studio_cmd):
         if not torch.cuda.is_available():
             assert res.returncode != 0 and "train.compute_dtype=fp16" in res.stderr and "Traceback" not in res.stderr
             assert not (tmp_path / "run").exists()
+
+
+def test_train_tab_shows_each_methods_options_for_that_method_only():
+    pytest.importorskip("gradio")
+    from studio.ui import train_tab
+
+    shown: dict = {}
+    for _, types, names in train_tab.METHOD_GROUPS:
+        for n in names:
+            assert n not in shown, f"{n} is in two groups: a field is drawn once, so the second group would lack it"
+            shown[n] = set(types)
+    prompt_style = {"prefix", "prompt", "ptuning", "ptuning_v2"}
+    expected = {f"method.lora.{n}": {"lora"} for n in ("rank", "dora", "rslora", "pissa", "loraplus_lr_ratio", "layers", "modules_to_save")}
+    expected |= {"method.lora.alpha": {"lora", "adalora"}, "method.lora.dropout": {"lora", "adalora"},
+                 "method.lora.target": {"lora", "adalora", "ia3"}}
+    expected |= {f"method.adalora.{n}": {"adalora"} for n in ("init_rank", "target_rank", "tinit", "tfinal", "delta_t")}
+    expected |= {f"method.freeze.{n}": {"freeze"} for n in ("trainable_layers", "trainable_modules", "extra_modules")}
+    expected |= {"method.prompt.num_virtual_tokens": prompt_style, "method.prompt.encoder_hidden_size": {"prefix", "ptuning"},
+                 "method.prompt.init_text": {"prompt"}}
+    assert shown == expected
+    for name in ("train.neftune_alpha", "train.report_to", "train.report_offline", "model.quantization_type", "model.double_quantization",
+                 "train.optim", "train.weight_decay", "train.max_grad_norm", "train.warmup_steps", "train.gradient_checkpointing"):
+        assert name in train_tab.MORE or any(name in g for g in train_tab.GROUPS), name
