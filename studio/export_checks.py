@@ -67,6 +67,8 @@ def check_gguf(export_dir: Path, files: list[str], tok, prompts: list[str], ref:
 
     None when llama-cpp-python is not installed.
     """
+    # llama.cpp's OpenMP threads spin while they wait: on a busy machine that makes a 1-second check take minutes
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import llama_cpp
     except ImportError:

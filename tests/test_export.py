@@ -18,6 +18,7 @@ from studio import export, export_gguf
 from studio import spec as specmod
 from tests.conftest import ROOT
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # llama.cpp's OpenMP threads must not spin on a busy machine
 SAMPLE = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Pico."},
           {"role": "user", "content": "What can you do?"}]
 
