@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from studio import models
@@ -25,16 +25,32 @@ class ChatError(ModelError):
     """A user's mistake in the chat (an empty message, no model loaded)."""
 
 
+def _p(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class GenParams:
-    temperature: float = 0.7  # 0: greedy
-    top_p: float = 0.9
-    top_k: int = 50
-    max_new_tokens: int = 512
-    repetition_penalty: float = 1.0
-    seed: int | None = None  # None: a fresh random answer each time
+    """Generation settings; each field's help is shown by `studio chat --help` and the Chat tab."""
+    temperature: float = _p(0.7, "Sampling temperature: higher is more varied; 0 is greedy (always the likeliest token).")
+    top_p: float = _p(0.9, "Nucleus sampling: keep the smallest set of tokens whose probability adds up to this.")
+    top_k: int = _p(50, "Sample among the k likeliest tokens; 0 is off.")
+    max_new_tokens: int = _p(512, "Longest answer, in tokens.")
+    repetition_penalty: float = _p(1.0, "Above 1 makes repeating earlier tokens less likely; 1 is off.")
+    seed: int | None = _p(None, "A fixed seed (0 or more) gives the same answer every time; empty or -1: a fresh answer each time.")
+
+    @staticmethod
+    def help(name: str) -> str:
+        return GenParams.__dataclass_fields__[name].metadata["help"]
 
     def check(self) -> "GenParams":
+        """Coerce the numbers (a form may send 1 for 1.0) and refuse values out of range."""
+        try:
+            self.temperature, self.top_p, self.repetition_penalty = float(self.temperature), float(self.top_p), float(self.repetition_penalty)
+            self.top_k, self.max_new_tokens = int(self.top_k), int(self.max_new_tokens)
+            self.seed = None if self.seed in (None, "") or int(self.seed) < 0 else int(self.seed)
+        except (TypeError, ValueError) as e:
+            raise ChatError(f"bad generation setting: {e}") from None
         bad = [f"{k}={v} ({why})" for k, v, ok, why in (
             ("temperature", self.temperature, self.temperature >= 0, "0 or more; 0 is greedy"),
             ("top_p", self.top_p, 0 < self.top_p <= 1, "above 0, at most 1"),
@@ -317,13 +333,9 @@ def add_cli(sub) -> None:
     c.add_argument("--adapter", default=None, help="an adapter folder or a run folder (brings its base model and template)")
     c.add_argument("--template", default=None, help="prompt template (default: the run's, else auto)")
     c.add_argument("--system", default="", help="system prompt")
-    g = GenParams()
-    c.add_argument("--temperature", type=float, default=g.temperature, help="sampling temperature; 0 = greedy")
-    c.add_argument("--top-p", type=float, default=g.top_p)
-    c.add_argument("--top-k", type=int, default=g.top_k)
-    c.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens)
-    c.add_argument("--repetition-penalty", type=float, default=g.repetition_penalty)
-    c.add_argument("--seed", type=int, default=None, help="fixed seed: the same answers every time")
+    for f in fields(GenParams):
+        c.add_argument("--" + f.name.replace("_", "-"), type=int if f.name in ("top_k", "max_new_tokens", "seed") else float,
+                       default=f.default, help=f.metadata["help"])
     c.set_defaults(fn=cmd_chat)
 
 
