@@ -161,8 +161,10 @@ def extremes_md(rows: list[dict], n: int = 3, key: str = "rouge-l") -> str:
                 f"  **Q:** {q}  \n  **predicted:** {html.escape(r.get('predict') or '∅')[:400]}  \n"
                 f"  **reference:** {html.escape(r.get('label') or '')[:400]}")
 
-    worst, best = scored[:n], scored[::-1][:n]
-    return "#### Worst samples\n" + "\n".join(map(card, worst)) + "\n\n#### Best samples\n" + "\n".join(map(card, best))
+    worst = scored[:n]
+    best = [r for r in scored[::-1][:n] if r not in worst]  # few samples: each shows once
+    out = "#### Worst samples\n" + "\n".join(map(card, worst))
+    return out + ("\n\n#### Best samples\n" + "\n".join(map(card, best)) if best else "")
 
 
 def summary_md(result: dict | None, status: str, run: str | None, events: list[dict]) -> str:
