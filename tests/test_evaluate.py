@@ -62,7 +62,6 @@ def test_labels_are_the_last_assistant_turn():
 
 def test_batched_generation_equals_one_at_a_time(tiny_model, tiny_run):
     """Left padding and length sorting change nothing: greedy answers match batch size 1, in the original order."""
-    from studio import models
     from studio.data.templates import Template
 
     spec = specmod.load(None, ["task=eval", f"model.name_or_path={tiny_model}", f"model.adapter={tiny_run}",
@@ -92,8 +91,8 @@ def test_out_of_memory_halves_the_batch():
 
     done = list(evaluate.batched(list(range(7)), 8, step, said.append))
     assert sorted(seen) == list(range(7)) and done[-1] == 7
-    assert said == [f"out of memory at batch size 8: going on with batch size 4 (set eval.batch_size=4 to start there)",
-                    f"out of memory at batch size 4: going on with batch size 2 (set eval.batch_size=2 to start there)"]
+    assert said == ["out of memory at batch size 8: going on with batch size 4 (set eval.batch_size=4 to start there)",
+                    "out of memory at batch size 4: going on with batch size 2 (set eval.batch_size=2 to start there)"]
 
     def always(idx):
         raise torch.OutOfMemoryError("CUDA out of memory")
