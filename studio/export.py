@@ -194,7 +194,7 @@ class Job:
         main = "model-f16.gguf" if "model-f16.gguf" in files else files[0]
         (self.tmp / "Modelfile").write_text(export_gguf.modelfile(main, fmt, stops), encoding="utf-8")
         result["modelfile"] = "Modelfile"
-        result["ollama_command"] = f"cd {self.target} && ollama create {_ollama_name(name)} -f Modelfile && ollama run {_ollama_name(name)}"
+        result["ollama_command"] = f"cd {self.target.resolve()} && ollama create {_ollama_name(name)} -f Modelfile && ollama run {_ollama_name(name)}"
 
     def name(self) -> str:
         """What the exported model is called: the training run's folder name, else the model folder's."""
