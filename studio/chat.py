@@ -74,10 +74,10 @@ class Source:
 
 
 def _run_spec(folder: Path) -> dict:
-    """The `model` section of the spec.yaml saved in (or beside) a folder, or {}."""
+    """The `model` section of the spec saved in (or beside) a folder (an export keeps training_spec.yaml), or {}."""
     import yaml
 
-    for f in (folder / "spec.yaml", folder.parent / "spec.yaml"):
+    for f in (folder / "training_spec.yaml", folder / "spec.yaml", folder.parent / "spec.yaml"):
         if f.is_file():
             try:
                 return (yaml.safe_load(f.read_text()) or {}).get("model") or {}
@@ -86,23 +86,30 @@ def _run_spec(folder: Path) -> dict:
     return {}
 
 
+def _whole_model(p: Path) -> Path | None:
+    """The complete model a folder stands for: itself, a full fine-tune's model/, or an export run's export/."""
+    return next((c for c in (p, p / "model", p / "export") if (c / "config.json").exists()), None)
+
+
 def resolve(model: str | None = None, adapter: str | None = None, template: str | None = None) -> Source:
     """Model name, adapter or run folder, template -> what to load. Raises ModelError with what to do."""
-    adapter_dir, run = None, {}
-    if model and not adapter and (Path(model) / "spec.yaml").is_file() and not (Path(model) / "config.json").exists():
+    adapter_dir, run, quant = None, {}, None
+    if model and not adapter and Path(model).is_dir() and not (Path(model) / "config.json").exists():
         model, adapter = None, model  # a run folder given as the model
     if adapter:
         p = Path(adapter).expanduser()
         if not p.exists():
             raise ModelError(f"adapter folder not found: {p}; give a run folder (runs/NAME) or its adapter/ folder")
-        if (p / "model" / "config.json").exists() and not (p / "adapter").exists():
-            run = _run_spec(p)  # a full or freeze fine-tune: the run's model/ is the whole model
-            if model and not models.same_base(model, str(p / "model")):
-                raise ModelError(f"{p} is a full fine-tune (its model/ holds every weight); load it without --model")
-            model = str(p / "model")
+        whole = _whole_model(p)
+        if whole is not None and not (p / "adapter_config.json").exists() and not (p / "adapter").exists():
+            if model and not models.same_base(model, str(whole)):  # a full fine-tune or an export holds every weight
+                raise ModelError(f"{p} holds a whole model ({whole}), not an adapter; load it as the model, without `{model}`")
+            model = str(whole)
+            run = _run_spec(whole)
         else:
             adapter_dir = models.find_adapter(p)
             run = _run_spec(adapter_dir)
+            quant = run.get("quantization_bit")
             trained_on = models.adapter_base(adapter_dir)
             if model and trained_on and not models.same_base(model, trained_on):
                 raise ModelError(f"the adapter {adapter_dir} was trained on `{trained_on}`, not on `{model}`; "
@@ -110,16 +117,16 @@ def resolve(model: str | None = None, adapter: str | None = None, template: str 
             model = model or trained_on or models.DEFAULT
     else:
         model = model or models.DEFAULT
-        p = Path(model).expanduser()
-        if p.is_dir():
-            run = _run_spec(p)  # an export folder keeps a copy of the run's spec
+        if Path(model).expanduser().is_dir():
+            run = _run_spec(Path(model).expanduser())  # an export keeps a copy of the run's spec
     run_template = run.get("template")
     name = template or run_template or "auto"
     note = ""
     if template and run_template and template != run_template:
         note = f"note: this model was trained with template `{run_template}`; rendering with `{template}` instead"
-    label = f"{Path(model).name if Path(model).exists() else model}" + (f" + {adapter_dir}" if adapter_dir else "")
-    return Source(model, adapter_dir, name, label, note, run.get("quantization_bit"))
+    shown = Path(model).name if models.cache_root() in Path(model).parents else model
+    label = f"{shown}" + (f" + {adapter_dir}" if adapter_dir else "")
+    return Source(model, adapter_dir, name, label, note, quant)
 
 
 def prompt_ids(template, messages: list[dict]) -> list[int]:

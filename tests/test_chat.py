@@ -127,6 +127,26 @@ def test_a_run_folder_brings_its_base_model_and_template(tiny_adapter, tiny_mode
         list(s.stream([], "Hi"))
 
 
+def test_full_fine_tunes_and_exports_load_as_whole_models(tiny_model, tmp_path):
+    run = tmp_path / "full_run"
+    shutil.copytree(tiny_model, run / "model")
+    (run / "spec.yaml").write_text(yaml.safe_dump({"task": "train", "model": {"name_or_path": "default", "template": "alpaca"}}))
+    export = tmp_path / "exported"
+    shutil.copytree(tiny_model, export)
+    (export / "training_spec.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": "default", "template": "chatml"}}))
+    s = ChatSession()
+    s.load(adapter=str(run))  # a run folder given as the adapter ...
+    assert s.source.model == str(run / "model") and s.source.adapter is None and s.template.name == "alpaca"
+    s.load(str(run))  # ... or as the model
+    assert s.source.model == str(run / "model") and s.template.name == "alpaca"
+    s.load(str(export))
+    assert s.source.model == str(export) and s.template.name == "chatml"
+    assert s.reply([], "Hi", params=GenParams(max_new_tokens=3, seed=1)) is not None
+    with pytest.raises(ModelError, match="holds a whole model"):
+        s.load(str(tiny_model), adapter=str(run))
+    assert s.source.model == str(export)  # still loaded
+
+
 def test_bad_input_gives_a_message_and_keeps_the_model(session, tiny_adapter, tiny_model, tmp_path):
     loaded = session.model
     with pytest.raises(ModelError, match="adapter folder not found"):
