@@ -62,9 +62,10 @@ def server(tmp_path):
     proc = start_server(workdir, port)
     url = f"http://127.0.0.1:{port}/"
     wait_served(url, proc)
-    yield {"url": url, "workdir": workdir, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
+    info = {"url": url, "workdir": workdir, "proc": proc}
+    yield info
+    info["proc"].terminate()
+    info["proc"].wait(timeout=30)
     from studio import launch
 
     for r in runs.list_runs(workdir / "runs"):
@@ -172,7 +173,28 @@ def test_train_watch_list_and_abort(server, page, tiny_model):
     second = followed_run(workdir, {run.name})
     wait_status(pg, ("running",), 60)
     pg.wait_for_function(f"() => document.querySelector('#message')?.innerText.includes('{second.name}')", timeout=30_000)
-    time.sleep(3)
+    has_points = "() => +(document.querySelector('#progress [data-points]')?.dataset.points || 0) > 0"
+    pg.wait_for_function(has_points, timeout=300_000)
+    # reload the page, then restart the server: the run goes on, and the page finds it and plots it again
+    for restart in (False, True):
+        if restart:
+            server["proc"].terminate()
+            server["proc"].wait(timeout=30)
+            server["proc"] = start_server(workdir, int(server["url"].rsplit(":", 1)[1].strip("/")))
+            wait_served(server["url"], server["proc"])
+        for attempt in range(3):  # a reload that races the page's own requests is aborted by chromium: load it again
+            try:
+                pg.goto(server["url"])
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(2)
+        pg.wait_for_selector("#start")
+        wait_status(pg, ("running",), 180)  # the page's load event finds the running job
+        assert second.name in pg.inner_text("#progress"), f"restart={restart}"
+        pg.wait_for_function(has_points, timeout=120_000)
+        pg.wait_for_selector("#loss-plot svg .role-axis", timeout=30_000)
     pg.click("#abort")
     wait_status(pg, ("aborted",), 120)
     job = json.loads((second / "job.json").read_text())

@@ -236,7 +236,7 @@ def build(ctx) -> None:
         """Reattach: follow the newest running job (or keep following what this tab followed)."""
         if st.get("run"):
             return st, registry_update(), registry_update()
-        active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued")]
+        active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued") and r.task == "train"]
         return (monitor.follow(active[0].path) if active else st), registry_update(), registry_update()
 
     def registry_update():
