@@ -217,3 +217,45 @@ def test_register_an_upload(tmp_path):
     fmt, mapping = dataset_view.guess(["messages"], chat)
     raw = dataset_view.entry_for("c.json", fmt, mapping, chat)
     assert fmt == "sharegpt" and raw["columns"] == {"messages": "messages"} and raw["tags"]["role_tag"] == "role"
+
+
+def test_auth_guards_the_server(tmp_path):
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text("{}")
+    proc = subprocess.Popen([sys.executable, "-m", "studio", "webui", "--port", str(port), "--auth", "ann:pw"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def status(path, data=None):
+        try:
+            return urllib.request.urlopen(url + path, data=data, timeout=5).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        import time
+
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url + "/", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "server did not start"
+                time.sleep(0.3)
+        assert status("/config") == 401  # nothing of the app without a login
+        assert status("/login", urllib.parse.urlencode({"username": "ann", "password": "no"}).encode()) == 400
+        assert status("/login", urllib.parse.urlencode({"username": "ann", "password": "pw"}).encode()) == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
