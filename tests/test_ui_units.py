@@ -259,3 +259,21 @@ def test_auth_guards_the_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_runs_compare_shows_only_differing_fields(tmp_path):
+    from studio.ui import runs_view
+
+    dirs = []
+    for name, lr in (("a", "0.001"), ("b", "0.0005")):
+        d = tmp_path / name
+        specmod.dump(specmod.load(None, [f"output_dir=runs/{name}", f"train.learning_rate={lr}"]), d / "spec.yaml")
+        (d / "events.jsonl").write_text("".join(json.dumps({"event": "log", "t": i, "step": i, "loss": 3.0 - i / 10}) + "\n"
+                                                for i in (1, 2)))
+        dirs.append(d)
+    diff = runs_view.differing(dirs)
+    assert diff.values.tolist() == [["train.learning_rate", "0.001", "0.0005"]]
+    curves = runs_view.overlay(dirs)
+    assert sorted(set(curves["series"])) == ["a: loss", "b: loss"] and len(curves) == 4
+    table = runs_view.table(tmp_path)
+    assert set(table["run"]) == {"a", "b"} and set(table["last loss"]) == {"2.8000"}
