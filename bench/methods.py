@@ -45,6 +45,9 @@ METHODS = [
     ("lora_layers", "examples/methods/lora_layers.yaml", "LoRA r=8 on the last 10 of 30 layers"),
 ]
 
+# AdaLoRA's schedule (tinit warm-up + tfinal fixed steps) must fit into the few benchmark steps
+EXTRA = {"adalora": ["method.adalora.tinit=1", "method.adalora.tfinal=1"]}
+
 
 def run_one(name: str, example: str, steps: int, accum: int, root: Path) -> dict:
     from studio import events as ev
@@ -54,7 +57,7 @@ def run_one(name: str, example: str, steps: int, accum: int, root: Path) -> dict
     shutil.rmtree(out, ignore_errors=True)  # a fresh run folder: events of an earlier run would mix in
     over = [f"output_dir={out}", f"train.max_steps={steps}", "train.per_device_train_batch_size=4",
             f"train.gradient_accumulation_steps={accum}", "train.save_steps=100000", "train.logging_steps=1", "data.cutoff_len=256",
-            f"data.dataset_dir={ROOT / 'data'}"]
+            f"data.dataset_dir={ROOT / 'data'}", *EXTRA.get(name, [])]
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / example), *over], cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - t0
@@ -80,13 +83,25 @@ def run_one(name: str, example: str, steps: int, accum: int, root: Path) -> dict
         tokens_per_second=round((b["tokens_seen"] - a["tokens_seen"]) / dt, 1) if dt > 0 else None,
         seconds_per_step=round(dt / max(b["step"] - a["step"], 1), 2),
         first_loss=round(first["loss"], 4), last_loss=round(last["loss"], 4), steps=last["step"],
-        adapter_mb=round(sum(f.stat().st_size for f in Path(final["path"]).rglob("*.safetensors")) / 2**20, 2),
+        adapter_mb=saved_mb(out),
     )
     return row
 
 
 def fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
+
+
+def saved_mb(run_dir: Path) -> float | None:
+    """Size of the safetensors a run saved (adapter/ or model/), in MiB."""
+    for sub in ("adapter", "model"):
+        if (run_dir / sub).is_dir():
+            return round(sum(f.stat().st_size for f in (run_dir / sub).rglob("*.safetensors")) / 2**20, 4)
+    return None
+
+
+def fmt_size(mb: float) -> str:
+    return f"{mb:.1f} MB" if mb >= 1 else f"{mb * 1024:.0f} KB"
 
 
 def table(rows: list[dict], meta: dict) -> str:
@@ -103,8 +118,8 @@ def table(rows: list[dict], meta: dict) -> str:
             continue
         lines.append(
             f"| {r['method']} | {desc.get(r['method'], '')} | {fmt_params(r['trainable_params'])} | {r['trainable_pct']:.3f} | "
-            f"{r['peak_rss_mb'] / 1024:.2f} GiB | {r['tokens_per_second']:.0f} | {r['first_loss']:.3f} | {r['last_loss']:.3f} | "
-            f"{r['learning_rate']:g} | {r['adapter_mb']:.1f} MB | {r['final_event']} ({r['wall_s']:.0f} s) |")
+            f"{r['peak_rss_mb'] / 1024:.2f} GiB | {r['tokens_per_second']:.3g} | {r['first_loss']:.3f} | {r['last_loss']:.3f} | "
+            f"{r['learning_rate']:g} | {fmt_size(r['adapter_mb'])} | {r['final_event']} ({r['wall_s']:.0f} s) |")
     return "\n".join(lines)
 
 
@@ -132,6 +147,9 @@ def main() -> int:
         meta["load_after"] = max(p["meta"].get("load_after", 0) for p in parts)
         meta["note"] = f"{len(parts)} benchmark processes ran side by side"
         rows = [by_name[n] for n, _, _ in METHODS if n in by_name]
+        for r in rows:  # sizes measured again from the run folders, where they still exist
+            if r.get("final_event") == "done" and saved_mb(Path(args.runs) / r["method"]) is not None:
+                r["adapter_mb"] = saved_mb(Path(args.runs) / r["method"])
         write_doc(rows, meta)
         print(table(rows, meta))
         return 0

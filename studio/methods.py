@@ -38,6 +38,15 @@ def _targets(spec: JobSpec):
     return t
 
 
+def _linear_names(model) -> list[str]:
+    """What `all-linear` means for a model: the names of its linear layers, the output head left out."""
+    import torch
+
+    out = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and m is not out and "." in name})
+
+
 def peft_config(spec: JobSpec, model, total_steps: int | None = None):
     import peft
 
@@ -46,8 +55,11 @@ def peft_config(spec: JobSpec, model, total_steps: int | None = None):
     lo = m.lora
     task = peft.TaskType.CAUSAL_LM
     if ft == "lora":
+        targets = _targets(spec)
+        if lo.layers and targets == "all-linear":  # PEFT takes layers_to_transform only with a list of names
+            targets = _linear_names(model)
         return peft.LoraConfig(
-            task_type=task, r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=_targets(spec),
+            task_type=task, r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=targets,
             use_dora=lo.dora, use_rslora=lo.rslora, init_lora_weights="pissa_niter_4" if lo.pissa else True,
             layers_to_transform=lo.layers or None, modules_to_save=lo.modules_to_save,
         )

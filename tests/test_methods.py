@@ -19,7 +19,7 @@ CASES = {
     "lora_plus": ["method.lora.loraplus_lr_ratio=16", "train.weight_decay=0.1", "train.lr_scheduler_type=constant_with_warmup",
                   "train.warmup_steps=1"],
     "lora_dora_rslora": ["method.lora.dora=true", "method.lora.rslora=true", "train.optim=adafactor"],
-    "lora_layers_modules_to_save": ["method.lora.layers=[1]", "method.lora.modules_to_save=[norm]", "method.lora.target=[q_proj,v_proj]"],
+    "lora_layers_modules_to_save": ["method.lora.layers=[1]", "method.lora.modules_to_save=[norm]"],  # with target all-linear
     "lora_pissa": ["method.lora.pissa=true", "train.lr_scheduler_type=polynomial"],
     "qlora_nf4": ["model.quantization_bit=4", "model.quantization_type=nf4", "model.double_quantization=true"],
     "qlora_fp4_adamw_8bit": ["model.quantization_bit=4", "model.quantization_type=fp4", "model.double_quantization=false", "train.optim=adamw_8bit"],
@@ -108,7 +108,8 @@ def test_method_trains_only_its_parameters_and_reloads(case, tiny_model, tmp_pat
         assert "model.layers.1.self_attn.q_proj.weight" in frozen and "model.layers.0.mlp.up_proj.weight" in frozen
     if case == "lora_layers_modules_to_save":
         lora = [n for n in trainable if "lora_" in n]
-        assert lora and all(".layers.1." in n and ("q_proj" in n or "v_proj" in n) for n in lora)
+        assert lora and all(".layers.1." in n for n in lora)
+        assert {n.split(".")[-4] for n in lora} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
         assert any("modules_to_save" in n and "norm" in n for n in trainable)
 
     tok = models.load_tokenizer(str(tiny_model))
