@@ -93,8 +93,10 @@ def start(spec: specmod.JobSpec, workdir: Path, runs_root: Path, check_data=None
         preflight(spec)
         if check_data is not None:
             result = check_data(spec)  # a preview that crashed refuses nothing: the job reports its own errors
-            if (result.get("error") and not result.get("crashed")) or result.get("reason"):
-                raise DataError(f"the data cannot train: {result.get('error') or result.get('reason')} (see Dataset preview)")
+            if result.get("error") and not result.get("crashed"):
+                raise DataError(result["error"])
+            if result.get("reason"):
+                raise DataError(f"the data cannot train: {result['reason']} (see Dataset preview)")
     _children.append(launch.start(spec))
     return out
 

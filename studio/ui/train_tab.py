@@ -126,11 +126,11 @@ def build(ctx) -> None:
     gr.Markdown("### Run monitor")
     state = gr.State(monitor.follow(None))
     progress = gr.HTML(monitor.progress_html([], "", None), elem_id="progress")
+    final = gr.Markdown(elem_id="final")  # the outcome: metrics, or the error and the end of the log
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="value", color="series", title="loss", height=280, elem_id="loss-plot",
                                 x_title="step", y_title="loss", scale=2)
         lr_plot = gr.LinePlot(x="step", y="learning_rate", title="learning rate", height=280, elem_id="lr-plot", scale=1)
-    final = gr.Markdown(elem_id="final")
     with gr.Accordion("output.log", open=False):
         log_box = gr.Textbox(lines=14, max_lines=14, autoscroll=True, show_label=False, elem_id="log")
     table = runs_view.build(ctx, state)
