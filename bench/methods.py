@@ -145,7 +145,7 @@ def main() -> int:
         meta = dict(parts[0]["meta"])
         meta["load_before"] = max(p["meta"]["load_before"] for p in parts)
         meta["load_after"] = max(p["meta"].get("load_after", 0) for p in parts)
-        meta["note"] = f"{len(parts)} benchmark processes ran side by side"
+        meta["note"] = f"rows from {len(parts)} benchmark processes, up to four of them side by side"
         rows = [by_name[n] for n, _, _ in METHODS if n in by_name]
         for r in rows:  # sizes measured again from the run folders, where they still exist
             if r.get("final_event") == "done" and saved_mb(Path(args.runs) / r["method"]) is not None:
