@@ -122,7 +122,7 @@ def test_method_trains_only_its_parameters_and_reloads(case, tiny_model, tmp_pat
         # (prefix and ptuning save their encoder's output table, not the encoder: their logits are compared below)
         if "lora_" in n or "modules_to_save" in n or (case in ("prompt", "ptuning_v2") and "prompt_encoder" in n):
             assert n in saved_state and torch.equal(saved_state[n], p), f"{case}: {n} not saved as trained"
-    # bitsandbytes' CPU kernels keep state between training and inference forwards: ~1e-3 apart on the same weights
+    # bitsandbytes 0.50 on the CPU: 4-bit layers give ~1e-3 different outputs in train and eval mode, and after training
     tol = 1e-2 if spec.model.quantization_bit else 1e-4
     assert torch.allclose(_logits(reloaded, tok), expected, atol=tol), f"{case}: reloaded logits differ"
     batch = tok(["Who are you?"], return_tensors="pt")  # and it generates, as Evaluate and Chat will ask it to
