@@ -118,7 +118,8 @@ def table(rows: list[dict], meta: dict) -> str:
             continue
         lines.append(
             f"| {r['method']} | {desc.get(r['method'], '')} | {fmt_params(r['trainable_params'])} | {r['trainable_pct']:.3f} | "
-            f"{r['peak_rss_mb'] / 1024:.2f} GiB | {r['tokens_per_second']:.3g} | {r['first_loss']:.3f} | {r['last_loss']:.3f} | "
+            f"{r['peak_rss_mb'] / 1024:.2f} GiB | {r['tokens_per_second']:.3g}{' (' + chr(97 + r['part']) + ')' if 'part' in r else ''} | "
+            f"{r['first_loss']:.3f} | {r['last_loss']:.3f} | "
             f"{r['learning_rate']:g} | {fmt_size(r['adapter_mb'])} | {r['final_event']} ({r['wall_s']:.0f} s) |")
     return "\n".join(lines)
 
@@ -141,11 +142,17 @@ def main() -> int:
     args = ap.parse_args()
     if args.render:
         parts = [json.loads(Path(f).read_text()) for f in args.render]
-        by_name = {r["method"]: r for part in parts for r in part["rows"]}
+        by_name = {}
+        for k, part in enumerate(parts):  # a later file's row replaces an earlier one of the same method
+            for r in part["rows"]:
+                by_name[r["method"]] = {**r, "part": k}
         meta = dict(parts[0]["meta"])
         meta["load_before"] = max(p["meta"]["load_before"] for p in parts)
         meta["load_after"] = max(p["meta"].get("load_after", 0) for p in parts)
-        meta["note"] = f"rows from {len(parts)} benchmark processes, up to four of them side by side"
+        used = sorted({r["part"] for r in by_name.values()})
+        meta["note"] = "rows from several benchmark processes, some side by side; tokens/s marked with the process: " + "; ".join(
+            f"{chr(97 + k)}: started {parts[k]['meta']['date']}, load {parts[k]['meta']['load_before']} -> "
+            f"{parts[k]['meta'].get('load_after')}" for k in used)
         rows = [by_name[n] for n, _, _ in METHODS if n in by_name]
         for r in rows:  # sizes measured again from the run folders, where they still exist
             if r.get("final_event") == "done" and saved_mb(Path(args.runs) / r["method"]) is not None:
