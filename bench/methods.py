@@ -145,12 +145,12 @@ def main() -> int:
         by_name = {}
         for k, part in enumerate(parts):  # a later file's row replaces an earlier one of the same method
             for r in part["rows"]:
-                by_name[r["method"]] = {**r, "part": k}
+                by_name[r["method"]] = {**r, "part": k} if len(parts) > 1 else r
         meta = dict(parts[0]["meta"])
         meta["load_before"] = max(p["meta"]["load_before"] for p in parts)
         meta["load_after"] = max(p["meta"].get("load_after", 0) for p in parts)
-        used = sorted({r["part"] for r in by_name.values()})
-        meta["note"] = "rows from several benchmark processes, some side by side; tokens/s marked with the process: " + "; ".join(
+        used = sorted({r.get("part", 0) for r in by_name.values()})
+        meta["note"] = "" if len(parts) == 1 else "rows from several benchmark processes, some side by side; tokens/s marked with the process: " + "; ".join(
             f"{chr(97 + k)}: started {parts[k]['meta']['date']}, load {parts[k]['meta']['load_before']} -> "
             f"{parts[k]['meta'].get('load_after')}" for k in used)
         rows = [by_name[n] for n, _, _ in METHODS if n in by_name]
