@@ -263,8 +263,8 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, f"⛔ {e}"
-        return {"run": str(run_dir), "offset": 0, "events": [], "status": None}, f"✅ started `{spec.output_dir}`"
+            return st, f"Error: {e}"
+        return {"run": str(run_dir), "offset": 0, "events": [], "status": None}, f"Started `{spec.output_dir}`"
 
     start_btn.click(on_start, list(ctx.top.values()) + list(fields.values()) + [state], [state, message])
 

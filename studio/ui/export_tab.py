@@ -87,7 +87,7 @@ def result_markdown(events: list[dict], status: str, run: str | None) -> str:
     lines = [f"**{'Exported' if status == 'done' else 'Export FAILED its check'}** to `{end['export_dir']}` "
              f"({_size(end.get('total_bytes', 0))}, {sum(end.get('timings', {}).values()):.0f} s)."]
     if status != "done":
-        lines.append(f"\n⛔ {end.get('message', '')}")
+        lines.append(f"\nFailed: {end.get('message', '')}")
     v = end.get("verify")
     if v:
         lines.append(f"\n**Verification**: {v['summary']}; top-1 agreement {v['top1_agreement']:.3f}. "
@@ -138,8 +138,8 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, f"⛔ {e}", gr.skip()
-        return monitor.follow(run_dir), f"✅ started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", ""
+            return st, f"Error: {e}", gr.skip()
+        return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", ""
 
     start_btn.click(on_start, [source, ctx.top["model.name_or_path"], export_dir, gguf, state] + comps, [state, message, result])
 
