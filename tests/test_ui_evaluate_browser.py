@@ -40,7 +40,7 @@ def test_compare_and_browse_predictions(server, page, default_model_dir):
     set_number(pg, "ev-eval-max_new_tokens", 8)
     set_number(pg, "ev-eval-batch_size", 2)
     pg.click("#eval-start")
-    pg.wait_for_function("() => document.querySelector('#eval-message')?.innerText.includes('started')", timeout=60_000)
+    pg.wait_for_function("() => document.querySelector('#eval-message')?.innerText.includes('Started')", timeout=60_000)
     pg.wait_for_function("() => ['done', 'error', 'crashed'].includes(document.querySelector('#eval-progress [data-status]')?.dataset.status)",
                          timeout=600_000)
     bar = pg.locator("#eval-progress [data-status]")
