@@ -12,6 +12,7 @@ same answer even while another session samples beside it.
 from __future__ import annotations
 
 import gc
+import secrets
 import sys
 import threading
 from dataclasses import dataclass, field, fields
@@ -287,8 +288,11 @@ class ChatSession:
             self._stop.clear()
             model, tok = self.model, self.tokenizer
             ids = prompt_ids(self.template, self.messages(history, message, system))
+            limit = getattr(model.config, "max_position_embeddings", None) or 10**9
+            if len(ids) >= limit:
+                raise ChatError(f"the conversation is {len(ids)} tokens, more than this model reads ({limit}); clear it to start over")
             device = next(model.parameters()).device
-            gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+            gen = torch.Generator().manual_seed(params.seed if params.seed is not None else secrets.randbits(62))
             stop_event = self._stop
 
             class Stop(StoppingCriteria):
@@ -299,7 +303,7 @@ class ChatSession:
             failure = []
             from transformers import GenerationConfig
 
-            config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False,
+            config = GenerationConfig(max_new_tokens=min(params.max_new_tokens, limit - len(ids)), do_sample=False,
                                       repetition_penalty=params.repetition_penalty, eos_token_id=self.template.stop_token_ids(),
                                       pad_token_id=tok.pad_token_id)
 
@@ -346,12 +350,27 @@ def add_cli(sub) -> None:
     c.set_defaults(fn=cmd_chat)
 
 
+def _quiet() -> None:
+    """Keep the terminal for the conversation: no progress bars or library warnings."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def cmd_chat(args) -> int:
+    _quiet()
     session = ChatSession()
     print("loading ...", file=sys.stderr, flush=True)
     print(session.load(args.model, args.adapter, args.template), file=sys.stderr, flush=True)
-    params = GenParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens, args.repetition_penalty, args.seed)
+    params = GenParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens, args.repetition_penalty, args.seed).check()
     history: list[dict] = []
+    failed = 0
     interactive = sys.stdin.isatty()
     if interactive:
         print("type a message; /clear starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer", file=sys.stderr)
@@ -359,7 +378,7 @@ def cmd_chat(args) -> int:
         try:
             line = input("you> " if interactive else "")
         except EOFError:
-            return 0
+            return failed
         except KeyboardInterrupt:
             print(file=sys.stderr)
             return 0
@@ -383,6 +402,10 @@ def cmd_chat(args) -> int:
         except KeyboardInterrupt:
             session.stop()
             print(" [stopped]", end="")
+        except ChatError as e:  # this turn is lost, the conversation goes on
+            print(("\n" if interactive else "") + f"error: {e}", file=sys.stderr, flush=True)
+            failed = 1
+            continue
         answer = answer.strip()
         print(answer if not interactive else "", flush=True)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]

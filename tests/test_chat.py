@@ -171,6 +171,8 @@ def test_bad_input_gives_a_message_and_keeps_the_model(session, tiny_adapter, ti
             list(session.stream([], empty))
     with pytest.raises(ChatError, match="top_p"):
         list(session.stream([], "Hi", params=GenParams(top_p=0)))
+    with pytest.raises(ChatError, match="more than this model reads"):
+        list(session.stream(HISTORY, "word " * 600))  # the tiny model reads 512 positions
     assert session.model is loaded and session.template.name == "auto"
     assert session.reply(HISTORY, "And now?", params=GenParams(max_new_tokens=5, seed=3))
 
@@ -238,10 +240,10 @@ def test_save_a_preference_pair_in_the_ranking_format(data_dir, session):
 
 def test_cli_reads_turns_from_a_pipe(tiny_model, tmp_path, studio_cmd):
     res = subprocess.run([*studio_cmd, "chat", "--model", str(tiny_model), "--max-new-tokens", "4", "--temperature", "1", "--seed", "1"],
-                         input="Hello\n\nHow are you?\n", capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+                         input="Hello\n\n" + "word " * 600 + "\nHow are you?\n", capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert "loaded" in res.stderr and "loaded" not in res.stdout  # only replies on stdout
-    assert res.stdout.strip()
+    assert "error: the conversation is" in res.stderr and "Traceback" not in res.stderr  # a turn too long: said, skipped
+    assert res.returncode == 1 and res.stdout.strip()  # ... and the turns around it answered
     res = subprocess.run([*studio_cmd, "chat", "--adapter", str(tmp_path / "missing")], input="Hi\n",
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 2 and "error: adapter folder not found" in res.stderr and "Traceback" not in res.stderr
