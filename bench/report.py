@@ -35,12 +35,11 @@ def train_table(t: dict) -> str:
 
 
 def predict_table(p: dict) -> str:
-    runs = p.get("runs") or p.get("results") or []
+    runs = sorted(p.get("runs") or p.get("results") or [], key=lambda r: r["batch_size"])
     rows = ["| batch size | samples/s | generated tokens/s | speed-up over batch 1 |", "|---|---|---|---|"]
-    base = None
+    base = runs[0]["samples_per_second"] if runs else None
     for r in runs:
         sps = r.get("samples_per_second")
-        base = base or sps
         rows.append(f"| {r.get('batch_size')} | {f(sps, 2)} | {f(r.get('generated_tokens_per_second'))} | {sps / base:.1f}x |")
     return "\n".join(rows)
 
@@ -65,7 +64,10 @@ def main() -> None:
         parts += [f"### Training throughput ({t['dataset']}, {t['samples']} examples, cutoff {t['cutoff_len']}, batch {t['batch']}, "
                   f"{t['steps']} steps)\n", "Command: `.venv/bin/python bench/train.py`\n", train_table(t), ""]
     if p:
-        parts += ["### Prediction (the evaluate path)\n", "Command: `.venv/bin/python bench/predict.py`\n", predict_table(p), ""]
+        la = p.get("load_average")
+        parts += [f"### Prediction (the evaluate path: {p.get('dataset')}, {p.get('max_new_tokens')} new tokens, greedy"
+                  + (f"; load average {la[0]:.1f} while measured" if la else "") + ")\n",
+                  "Command: `.venv/bin/python bench/predict.py`\n", predict_table(p), ""]
     if o:
         parts += ["### Studio overheads\n", "Command: `.venv/bin/python bench/overheads.py`\n", overhead_table(o), ""]
     doc = ROOT / "docs" / "benchmarks.md"
