@@ -17,7 +17,6 @@ import math
 import signal
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -334,13 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         writer.write("aborted", step=progress[-1]["done"] if progress else 0)
         return 130
     except Exception as e:  # every failure ends the job with an `error` event
-        from studio.errors import is_user_error
+        from studio.errors import fail
 
-        user = is_user_error(e)
-        tb = "" if user else traceback.format_exc()
-        writer.write("error", message=str(e) if user else f"{type(e).__name__}: {e}", traceback=tb)
-        print(("error: " + str(e)) if user else tb, file=sys.stderr, flush=True)
-        return 1
+        return fail(writer, e)
 
 
 # --- command line --------------------------------------------------------------------------------------

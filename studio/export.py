@@ -21,7 +21,6 @@ import shutil
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from studio import events as ev
@@ -309,13 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         writer.write("aborted", step=0, message="export stopped; the partial output was removed")
         return 130
     except Exception as e:
-        from studio.errors import is_user_error
+        from studio.errors import fail
 
-        user = is_user_error(e)
-        tb = "" if user else traceback.format_exc()
-        writer.write("error", message=str(e) if user else f"{type(e).__name__}: {e}", traceback=tb)
-        print(("error: " + str(e)) if user else tb, file=sys.stderr, flush=True)
-        return 1
+        return fail(writer, e)
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------

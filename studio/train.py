@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from studio import events as ev
@@ -233,12 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             writer.write("aborted", step=0)
         return 130
     except Exception as e:  # every failure ends the job with an `error` event
-        from studio.errors import is_user_error
+        from studio.errors import describe
 
-        user = is_user_error(e)
-        tb = "" if user else traceback.format_exc()
-        _report_error(writer, run_dir, str(e) if user else f"{type(e).__name__}: {e}", tb)
-        print(("error: " + str(e)) if user else tb, file=sys.stderr, flush=True)
+        message, tb = describe(e)
+        _report_error(writer, run_dir, message, tb)
+        print(tb or f"error: {message}", file=sys.stderr, flush=True)
         return 1
 
 
