@@ -50,7 +50,7 @@ def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str 
     if spec.launch.node_rank > 0:  # node 0 writes the events; this node only runs its ranks
         print(f"node {spec.launch.node_rank} of {spec.launch.nnodes}: running its ranks (log: {run_dir}/output-node{spec.launch.node_rank}.log); "
               "node 0 shows the progress", flush=True)
-        return proc.wait()
+        return _wait_node(run_dir, proc, offset)
 
     def forward(signum, frame):
         print("\nstopping: the job saves a checkpoint and ends (Ctrl-C again to kill it) ...", file=sys.stderr, flush=True)
@@ -67,6 +67,45 @@ def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str 
         print(f"job failed: {last.get('message')}\n(full log: {run_dir / 'output.log'})", file=sys.stderr)
         return 1
     return 0 if last["event"] == "done" else 130
+
+
+NODE_GRACE = 60.0  # s a node's ranks may outlive node 0's final event before this node stops them
+
+
+def _wait_node(run_dir, proc, offset, grace: float = NODE_GRACE) -> int:
+    """Node 1, 2 ...: wait for this node's ranks. On a shared folder node 0's final event is seen here too: ranks still
+    alive `grace` s after it wait on peers that are gone (torchrun would hold them up to its 15-minute rendezvous
+    timeout), so they are stopped and the node says why."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from studio import events as ev
+    from studio import launch
+
+    ended = None
+    while proc.poll() is None:
+        time.sleep(1.0)
+        if ended is None:
+            events, offset = ev.read(run_dir, offset)
+            last = ev.final(events)
+            ended = (time.time(), last) if last else None
+        elif time.time() - ended[0] > grace:
+            print(f"node 0 ended ({ended[1]['event']}{': ' + ended[1]['message'] if ended[1].get('message') else ''}); "
+                  "stopping this node's ranks", file=sys.stderr, flush=True)
+            job = {"pid": proc.pid, "pgid": proc.pid}
+            pids = launch.job_pids(job)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            for p in pids | launch.job_pids(job):
+                launch.kill_tree(p)
+            proc.wait()
+            return 1
+    return proc.returncode
 
 
 def _follow_from(run_dir, proc, offset):

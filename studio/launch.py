@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shlex
 import signal
 import socket
@@ -32,9 +33,16 @@ ERROR_FILE = "error-rank{rank}.json"  # what a failing rank leaves behind (only 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port below the kernel's ephemeral range (32768 and up), so that no outgoing connection takes it
+    between now and the moment a server binds it."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port in 20000-32000")
 
 
 def distributed(spec: JobSpec) -> bool:
@@ -188,7 +196,7 @@ def stop(run_dir: str | Path, grace: float = 30.0, wait: bool = True) -> bool:
     if any(runs.pid_alive(p) for p in pids):
         _signal_group(pgid, signal.SIGKILL)
         for p in pids:
-            _kill_tree(p)
+            kill_tree(p)
         time.sleep(0.5)
     if not ev.final(ev.read_all(run_dir)):
         last = [e for e in ev.read_all(run_dir) if e["event"] == "log"]
@@ -221,7 +229,7 @@ def job_pids(info: dict) -> set[int]:
     return {p for p in found if p in table}
 
 
-def _kill_tree(pid: int) -> None:
+def kill_tree(pid: int) -> None:
     """SIGKILL a process and its group (a rank's group holds its own workers)."""
     try:
         group = os.getpgid(pid)

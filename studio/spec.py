@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -348,7 +349,7 @@ def dumps(spec: JobSpec) -> str:
 def dump(spec: JobSpec, path: str | Path) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")  # one per writer: nodes of a job may share the folder
     tmp.write_text(dumps(spec), encoding="utf-8")
     tmp.replace(p)
     return p

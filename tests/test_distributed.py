@@ -174,18 +174,52 @@ def test_a_crashing_rank_ends_the_job_with_its_error(tiny_model, tmp_path):
     assert json.loads((run_dir / "error-rank1.json").read_text())["rank"] == 1
 
 
+def _stop_all(procs, run_dir: Path) -> str:
+    """Kill what is left of the nodes and return their logs (the failure message)."""
+    for p in procs:
+        if p.poll() is None:
+            for pid in launch.job_pids({"pid": p.pid, "pgid": p.pid}):
+                launch.kill_tree(pid)
+    logs = [f"--- {f.name}\n" + f.read_text()[-3000:] for f in sorted(run_dir.glob("output*.log"))]
+    return "\n".join(logs + [f"--- node {i} stdout\n" + (p.communicate()[0] or "")[-2000:] for i, p in enumerate(procs)])
+
+
 def test_two_nodes_on_one_machine(one_process, tiny_model, tmp_path):
     """nnodes=2 for real: node 0 and node 1 are two `studio train` commands sharing the run folder, as on a shared filesystem."""
     over = _overrides(tiny_model, tmp_path, "run", 2, "launch.nnodes=2", "launch.nproc_per_node=1",
                       f"launch.master_port={launch.free_port()}")
     cmd = [sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"), *over]
-    node0 = subprocess.Popen([*cmd, "launch.node_rank=0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    node1 = subprocess.run([*cmd, "launch.node_rank=1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    out0, _ = node0.communicate(timeout=600)
     run_dir = tmp_path / "run"
-    assert node0.returncode == 0 and node1.returncode == 0, out0[-3000:] + node1.stdout[-2000:] + node1.stderr[-2000:]
-    assert "node 1 of 2: running its ranks" in node1.stdout and "done:" in out0
+    nodes = [subprocess.Popen([*cmd, f"launch.node_rank={n}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True) for n in (0, 1)]
+    deadline = time.time() + 480
+    while any(p.poll() is None for p in nodes) and time.time() < deadline:
+        if any(p.poll() not in (None, 0) for p in nodes):
+            break  # one node failed: the other may wait for it until torchrun's rendezvous timeout
+        time.sleep(1)
+    if any(p.returncode != 0 for p in nodes):
+        pytest.fail(f"nodes ended {[p.poll() for p in nodes]}:\n{_stop_all(nodes, run_dir)}")
+    out0, out1 = (p.communicate()[0] for p in nodes)
+    assert "node 1 of 2: running its ranks" in out1 and "done:" in out0
     assert "--nnodes=2 --node_rank=1" in (run_dir / "output-node1.log").read_text().splitlines()[0]
     assert runs.job_info(run_dir)["argv"][-1] == str(run_dir) and "--node_rank=0" in " ".join(runs.job_info(run_dir)["argv"])
     assert max(abs(a - b) for a, b in zip(_losses(one_process), _losses(run_dir))) < TOLERANCE
     assert [e["event"] for e in ev.read_all(run_dir)].count("start") == 1 and runs.status(run_dir) == "done"
+
+
+def test_a_node_stops_when_node_0_has_ended(tiny_model, tmp_path):
+    """Node 1 of a job whose node 0 has already failed: its ranks wait in the rendezvous; node 0's final event in the
+    shared folder makes node 1 stop them instead of waiting out torchrun's 15-minute timeout."""
+    from studio import cli
+
+    spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", _overrides(
+        tiny_model, tmp_path, "run", 2, "launch.nnodes=2", "launch.node_rank=1", f"launch.master_port={launch.free_port()}"))
+    proc = launch.start(spec)
+    run_dir = Path(spec.output_dir)
+    time.sleep(3)
+    assert proc.poll() is None
+    ev.EventWriter(run_dir, enabled=True).write("error", message="node 0: out of memory")
+    t0 = time.time()
+    assert cli._wait_node(run_dir, proc, 0, grace=1) == 1
+    print(f"node 1 stopped {time.time() - t0:.1f}s after node 0's error")
+    assert time.time() - t0 < 60 and not _left(run_dir)
