@@ -136,9 +136,30 @@ def sft_config(spec, run_dir: Path, has_eval: bool):
     )
 
 
+def trainer_class():
+    """TRL's SFTTrainer; on the CPU with the model's own loss.
+
+    TRL computes the loss through a fused LM head that, without a GPU kernel, projects every position in chunks,
+    projects them again in the backward pass and adds entropy and top-1 metrics over the vocabulary: a micro-batch
+    of the default model takes 1.3-1.6x the time of the model's own forward and loss (docs/benchmarks.md). The loss
+    and the gradients are the same (tests/test_train.py), so on the CPU the plain `Trainer.compute_loss` runs.
+    """
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    if torch.cuda.is_available():
+        return SFTTrainer
+
+    class CPUSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+
+    return CPUSFTTrainer
+
+
 def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     import torch
-    from trl import SFTTrainer
 
     from studio import methods, models
     from studio.data import encode
@@ -167,7 +188,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     callback = make_callback(writer, run_dir, {"num_examples": len(train_ds), "trainable_params": trainable,
                                                "total_params": total_params, "data": vars(report) | {"issues": None}})
     methods.setup_reporting(spec, run_dir)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                          callbacks=[callback, *methods.callbacks(spec), *callbacks], optimizers=methods.optimizers(spec, model, args))
     resume = spec.train.resume_from_checkpoint
     if resume == "auto":

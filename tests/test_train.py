@@ -115,3 +115,37 @@ def test_identity_run_on_the_default_model(identity_run, default_model_dir):
         k = k.replace(".base_layer", "")
         if k in before:
             assert torch.equal(before[k], v), f"base weight {k} changed"
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_cpu_trainer_loss_and_gradients_match_trl(tiny_model, tmp_path, packing):
+    """The CPU trainer's plain loss equals TRL's fused-head loss, with the gradient-accumulation normaliser."""
+    from trl import SFTTrainer
+
+    from studio import methods, models
+    from studio import spec as specmod
+    from studio.data import encode
+    from studio.data.templates import Template
+    from studio.train import sft_config, trainer_class
+
+    spec = specmod.load(ROOT / "examples" / "identity_lora.yaml",
+                        tiny_spec(tiny_model, tmp_path, **{"data.packing": str(packing).lower()}))
+    tok = models.load_tokenizer(spec.model.name_or_path)
+    train, _, _ = encode.build(spec, tok, Template(spec.model.template, tok))
+    model = methods.apply(spec, models.load_model(spec.model, "fp32"))
+    model.config.use_cache = False
+    ours, trl = (cls(model=model, args=sft_config(spec, tmp_path / "out", False), train_dataset=train, processing_class=tok)
+                 for cls in (trainer_class(), SFTTrainer))
+    assert type(ours) is not SFTTrainer  # no GPU here: the plain loss
+    batch = next(iter(trl.get_train_dataloader()))
+    assert ("position_ids" in batch) == packing
+    items = int((batch["labels"][:, 1:] != -100).sum()) * 2  # as if a second micro-batch of the same size followed
+    results = []
+    for trainer in (ours, trl):
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(items))
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (a, ga), (b, gb) = results
+    assert abs(a - b) < 1e-4 * abs(b) and a > 0
+    assert max((ga[n] - gb[n]).abs().max().item() for n in ga) < 1e-5
