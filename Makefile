@@ -41,10 +41,11 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow and not browser" tests
 
 # benchmarks: JSON in bench/results/, tables in docs/benchmarks.md (minutes; run on an otherwise idle machine)
-bench: $(STAMP)
+bench: $(STAMP) /usr/bin/chromium
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/overheads.py
+	$(BIN)/python bench/webui.py
 	$(BIN)/python bench/report.py
 
 clean:
