@@ -147,61 +147,11 @@ def batched(order: list[int], batch_size: int, step, say):
         yield done
 
 
-CHUNK = 8  # new tokens per round before finished rows leave the batch
-
-
 def generate(model, tokenizer, template, prompts: list[list[int]], ecfg, say=print, progress=None) -> tuple[list[str], int]:
-    """Predictions for token-id prompts, in their order, and the number of tokens generated.
+    """Predictions for token-id prompts, in their order, and the number of tokens generated (studio.batchgen)."""
+    from studio.batchgen import generate as batched_generate
 
-    A batch generates in rounds of CHUNK tokens; after each round the rows that reached a stop token leave the batch
-    with their slice of the KV cache, so short answers do not keep a batch of long ones at full width
-    (docs/benchmarks.md: the batch-32 speed-up over batch 1 went from 2.6x to more with it on the CPU).
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    stop = set(template.stop_token_ids())
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop)
-    kw = dict(do_sample=ecfg.do_sample, eos_token_id=sorted(stop), pad_token_id=pad, return_dict_in_generate=True)
-    if ecfg.do_sample:
-        kw.update(temperature=ecfg.temperature, top_p=ecfg.top_p, top_k=ecfg.top_k)
-    else:
-        kw.update(temperature=None, top_p=None, top_k=None)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: out-of-memory shows early
-    preds: list[str] = [""] * len(prompts)
-    counted = [0]
-
-    def step(idx):
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device)
-        rows, new, cache, left = list(idx), {i: [] for i in idx}, None, ecfg.max_new_tokens
-        while rows and left > 0:
-            with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=min(CHUNK, left), **kw)
-            made = out.sequences[:, ids.shape[1]:]
-            left -= made.shape[1]
-            keep = []
-            for r, (i, row) in enumerate(zip(rows, made.tolist())):
-                cut = next((k for k, t in enumerate(row) if t in stop), None)
-                new[i] += row if cut is None else row[:cut]
-                if cut is None:
-                    keep.append(r)
-            if not keep or left <= 0:
-                break
-            cache = out.past_key_values
-            cache.batch_select_indices(torch.tensor(keep, device=device))
-            ids = out.sequences[keep]
-            mask = torch.cat([mask, torch.ones_like(made)], dim=1)[keep]
-            rows = [rows[r] for r in keep]
-        for i in idx:
-            counted[0] += len(new[i])
-            preds[i] = tokenizer.decode(new[i], skip_special_tokens=True).strip()
-
-    for done in batched(order, ecfg.batch_size, step, say):
-        if progress:
-            progress(done)
-    return preds, counted[0]
+    return batched_generate(model, tokenizer, template, prompts, ecfg, say, progress)
 
 
 def label_loss(model, template, samples: list[Sample], batch_size: int, cutoff_len: int, say=print) -> float | None:
