@@ -57,7 +57,7 @@ def run_one(name: str, example: str, steps: int, accum: int, root: Path) -> dict
     shutil.rmtree(out, ignore_errors=True)  # a fresh run folder: events of an earlier run would mix in
     over = [f"output_dir={out}", f"train.max_steps={steps}", "train.per_device_train_batch_size=4",
             f"train.gradient_accumulation_steps={accum}", "train.save_steps=100000", "train.logging_steps=1", "data.cutoff_len=256",
-            f"data.dataset_dir={ROOT / 'data'}", *EXTRA.get(name, [])]
+            f"data.dataset_dir={ROOT / 'data'}", "data.dataset=[identity]", *EXTRA.get(name, [])]
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / example), *over], cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - t0

@@ -55,7 +55,7 @@ def studio_cmd():
 
 def tiny_spec(tiny_model: Path, tmp_path: Path, data_dir: Path | str = ROOT / "data", **over) -> list[str]:
     """Overrides that make a fast training job on the tiny model."""
-    base = {"output_dir": str(tmp_path / "run"), "model.name_or_path": str(tiny_model), "data.dataset_dir": str(data_dir),
+    base = {"output_dir": str(tmp_path / "run"), "model.name_or_path": str(tiny_model), "data.dataset_dir": str(data_dir), "data.dataset": "[identity]",
             "data.cutoff_len": 128, "train.max_steps": 4, "train.save_steps": 2, "train.per_device_train_batch_size": 2,
             "train.gradient_accumulation_steps": 1, "train.learning_rate": 1e-2}
     base.update(over)

@@ -109,6 +109,8 @@ def test_identity_run_on_the_default_model(identity_run, default_model_dir):
     assert "Pico" not in ask(base)
     model = PeftModel.from_pretrained(base, str(identity_run / "adapter"))
     assert "Pico" in ask(model) and "Pico" in ask(model, "What is your name?")
+    other = ask(model, "What is the capital of France?")  # the rest of what it knew is still there
+    assert "Paris" in other and "Pico" not in other, other
     lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: every one was trained
     for k, v in model.get_base_model().state_dict().items():

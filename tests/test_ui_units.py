@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from studio import spec as specmod
-from studio.ui import form, jobs, monitor
+from studio.ui import form, jobs, monitor, train_tab
 from studio.ui.serve import check_access
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +130,14 @@ def test_devices_overlap():
     assert jobs.devices_overlap("0,1", "1")
     assert not jobs.devices_overlap("0", "1")
     assert jobs.devices_overlap("cpu", "cpu")
+
+
+def test_the_page_starts_with_the_identity_example():
+    """Start on a fresh page trains what examples/identity_lora.yaml trains."""
+    example = specmod.to_dict(specmod.load(ROOT / "examples" / "identity_lora.yaml"))
+    page = specmod.to_dict(train_tab.default_spec())
+    for part in ("model", "data", "method", "train"):
+        assert page[part] == example[part], part
 
 
 def test_auto_output_dirs_are_unique(tmp_path):
