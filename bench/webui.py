@@ -1,5 +1,5 @@
 """Web UI timings, as a user meets them: `studio webui` launch until the page is served, and Start (the page's
-defaults: the default model on the identity set) until the first loss point is on the page.
+defaults: the default model on the identity example) until the first loss point is on the page.
 
     .venv/bin/python bench/webui.py [--out bench/results/webui.json]
 

@@ -204,12 +204,13 @@ def test_preview_and_register_a_dataset(server, page, tmp_path):
     pg, workdir = page, server["workdir"]
     pg.goto(server["url"])
     pg.wait_for_selector("#start")
-    # the preview of the identity set: counts, and the answers highlighted as the tokens that carry the loss
+    # the preview of the page's datasets (identity, then alpaca_demo): counts, and the answers highlighted as the
+    # tokens that carry the loss
     pg.click("#data-preview")
     pg.click("#preview-data")
     pg.wait_for_function("() => document.querySelector('#preview-counts')?.innerText.includes('trained tokens')", timeout=180_000)
     counts = pg.inner_text("#preview-counts")
-    assert "60 examples" in counts and "0 dropped" in counts
+    assert "150 examples" in counts and "0 dropped" in counts
     trained = pg.locator("#preview-body .st-example .t").first.inner_text()
     assert "Pico" in trained
     # upload a file, map its columns, preview it, save it into dataset_info.json

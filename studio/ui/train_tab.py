@@ -42,7 +42,7 @@ MORE = ["train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "trai
         "train.eval_steps", "train.save_total_limit", "train.seed", "train.resume_from_checkpoint", "data.train_on_prompt",
         "data.mask_history", "train.neftune_alpha", "model.quantization_type", "model.double_quantization", "train.report_to",
         "train.report_offline"]
-# The page's first spec: train the default model on the identity set, as examples/identity_lora.yaml does.
+# The page's first spec: what examples/identity_lora.yaml trains (identity, with alpaca_demo mixed in).
 DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_len=256", "train.learning_rate=1.0e-3", "train.num_train_epochs=3",
             "train.warmup_ratio=0.05", "train.save_steps=10"]
 SPEC_DIR = "specs"
