@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
@@ -107,26 +108,11 @@ def ceiling(args: list[str], steps: int) -> dict:
 
 
 def predict(model_dir: Path, data: Path) -> list[dict]:
-    from studio import evaluate
-    from studio import spec as specmod
-    from studio.data.templates import Template
+    from predict import measure
 
-    spec = specmod.load(None, ["task=eval", f"model.name_or_path={model_dir}", f"data.dataset_dir={data}",
-                               "data.eval_dataset=[alpaca_en_demo]", "data.max_samples=64", "train.compute_dtype=bf16"])
-    samples = evaluate.read_samples(spec)
-    model, tok = evaluate.load(spec, evaluate.plan(spec)[0])
-    template = Template(spec.model.template, tok)
-    prompts = [evaluate.prompt_ids(s.messages, template, spec.data.cutoff_len) for s in samples]
-    evaluate.generate(model, tok, template, prompts[:4], specmod.EvalSpec(batch_size=4, max_new_tokens=4), print)  # warm-up
-    rows = []
-    for bs in (1, 8, 32):
-        t0 = time.perf_counter()
-        _, n = evaluate.generate(model, tok, template, prompts, specmod.EvalSpec(batch_size=bs, max_new_tokens=64), print)
-        dt = time.perf_counter() - t0
-        rows.append({"batch_size": bs, "samples_per_second": len(prompts) / dt, "generated_tokens_per_second": n / dt,
-                     "dtype": str(next(model.parameters()).dtype)})
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+    rows, model = measure([f"model.name_or_path={model_dir}", f"data.dataset_dir={data}", "data.eval_dataset=[alpaca_en_demo]",
+                           "data.max_samples=64", "train.compute_dtype=bf16"], (1, 8, 32), 64)
+    return [{**r, "dtype": str(next(model.parameters()).dtype)} for r in rows]
 
 
 def main() -> None:

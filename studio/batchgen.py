@@ -57,8 +57,7 @@ def generate(model, tokenizer, template, prompts: list[list[int]], ecfg, say=pri
     """Predictions for token-id prompts, in their order, and the number of tokens generated."""
     import torch
 
-    from studio.evaluate import _is_oom
-    from studio.models import ModelError
+    from studio.evaluate import halve_on_oom
 
     device = next(model.parameters()).device
     stop = set(template.stop_token_ids())
@@ -106,17 +105,10 @@ def generate(model, tokenizer, template, prompts: list[list[int]], ecfg, say=pri
             else:
                 pool = advance(pool, min(CHUNK, ecfg.max_new_tokens - max(len(made[i]) for i in pool["rows"])))
         except Exception as e:
-            if not _is_oom(e):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if size == 1:
-                raise ModelError("out of memory at batch size 1: lower data.cutoff_len or eval.max_new_tokens, "
-                                 "or load the model in 4 bits (model.quantization_bit=4)") from None
+            size = halve_on_oom(e, size, say)
             under_way = sorted((i for i in made if i not in ended and i not in waiting), key=lambda i: -len(prompts[i]))
             waiting.extendleft(reversed(under_way))  # they start again, in smaller batches
-            pool, size = None, size // 2
-            say(f"out of memory at batch size {size * 2}: going on with batch size {size} (set eval.batch_size={size} to start there)")
+            pool = None
             continue
         if progress and len(ended) > reported:
             reported = len(ended)

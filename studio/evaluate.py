@@ -115,33 +115,32 @@ def prompt_ids(messages: list, template, cutoff_len: int) -> list[int]:
     return ids[:start][-cutoff_len:]
 
 
-def _is_oom(e: BaseException) -> bool:
+def halve_on_oom(e: BaseException, size: int, say) -> int:
+    """The batch size to go on with after `e`: half of `size` when `e` ran out of memory; anything else is raised."""
     import torch
 
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    if not (isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())):
+        raise e
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if size == 1:
+        from studio.models import ModelError
+
+        raise ModelError("out of memory at batch size 1: lower data.cutoff_len or eval.max_new_tokens, "
+                         "or load the model in 4 bits (model.quantization_bit=4)") from None
+    say(f"out of memory at batch size {size}: going on with batch size {size // 2} (set eval.batch_size={size // 2} to start there)")
+    return size // 2
 
 
 def batched(order: list[int], batch_size: int, step, say):
     """Call step(indices) on batches of `order`; on out-of-memory halve the batch and go on. Yields samples done."""
-    import torch
-
     done, bs = 0, batch_size
     while done < len(order):
         idx = order[done:done + bs]
         try:
             step(idx)
         except Exception as e:
-            if not _is_oom(e):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if bs == 1:
-                from studio.models import ModelError
-
-                raise ModelError("out of memory at batch size 1: lower data.cutoff_len or eval.max_new_tokens, "
-                                 "or load the model in 4 bits (model.quantization_bit=4)") from None
-            bs //= 2
-            say(f"out of memory at batch size {bs * 2}: going on with batch size {bs} (set eval.batch_size={bs} to start there)")
+            bs = halve_on_oom(e, bs, say)
             continue
         done += len(idx)
         yield done

@@ -60,20 +60,25 @@ def test_labels_are_the_last_assistant_turn():
         assert [m["content"] for m in s.messages if m["role"] != "system"] == [t["value"] for t in turns[:-1]]
 
 
-def test_batched_generation_equals_one_at_a_time(tiny_model, tiny_run, monkeypatch):
-    """Left padding, length sorting and finished rows leaving the batch (with their KV cache) change nothing: greedy
-    answers match batch size 1, in the original order."""
+def _tiny_eval(tiny_model, tiny_run, n: int):
+    """The tiny model with its adapter, and the prompts of `n` alpaca_demo_eval samples as the eval job builds them."""
     from studio.data.templates import Template
 
-    from studio import batchgen
-
-    monkeypatch.setattr(batchgen, "CHUNK", 3)  # rounds of 3 tokens: rows leave and join at several points
     spec = specmod.load(None, ["task=eval", f"model.name_or_path={tiny_model}", f"model.adapter={tiny_run}",
-                               "data.eval_dataset=[alpaca_demo_eval]", "data.max_samples=10", "eval.max_new_tokens=12"])
+                               "data.eval_dataset=[alpaca_demo_eval]", f"data.max_samples={n}"])
     samples = evaluate.read_samples(spec)
     model, tok = evaluate.load(spec, evaluate.plan(spec)[0])
     template = Template("auto", tok)
-    prompts = [evaluate.prompt_ids(s.messages, template, 1024) for s in samples]
+    return samples, model, tok, template, [evaluate.prompt_ids(s.messages, template, 1024) for s in samples]
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model, tiny_run, monkeypatch):
+    """Left padding, length sorting and finished rows leaving the batch (with their KV cache) change nothing: greedy
+    answers match batch size 1, in the original order."""
+    from studio import batchgen
+
+    monkeypatch.setattr(batchgen, "CHUNK", 3)  # rounds of 3 tokens: rows leave and join at several points
+    samples, model, tok, template, prompts = _tiny_eval(tiny_model, tiny_run, 10)
     assert len({len(p) for p in prompts}) > 3  # lengths differ, so batches are padded
     assert tok.decode(prompts[0]) == template.prompt(samples[0].messages)  # the prompt is the chat template's, exactly
     one, n1 = evaluate.generate(model, tok, template, prompts, specmod.EvalSpec(batch_size=1, max_new_tokens=12), print)
@@ -96,14 +101,7 @@ def test_out_of_memory_in_generation_halves_the_batch(tiny_model, tiny_run, monk
     """Rows under way when memory runs out start again in smaller batches; the answers are those of batch size 1."""
     import torch
 
-    from studio.data.templates import Template
-
-    spec = specmod.load(None, ["task=eval", f"model.name_or_path={tiny_model}", f"model.adapter={tiny_run}",
-                               "data.eval_dataset=[alpaca_demo_eval]", "data.max_samples=7", "eval.max_new_tokens=6"])
-    samples = evaluate.read_samples(spec)
-    model, tok = evaluate.load(spec, evaluate.plan(spec)[0])
-    template = Template("auto", tok)
-    prompts = [evaluate.prompt_ids(s.messages, template, 1024) for s in samples]
+    _, model, tok, template, prompts = _tiny_eval(tiny_model, tiny_run, 7)
     one, _ = evaluate.generate(model, tok, template, prompts, specmod.EvalSpec(batch_size=1, max_new_tokens=6), print)
     real = model.generate
 
