@@ -52,7 +52,7 @@ def overrides(model: Path, data: Path, out: Path, packing: bool, steps: int) -> 
 
 
 def studio_run(args: list[str]) -> dict:
-    from studio import events as ev
+    from studio.run import events as ev
 
     r = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"), *args],
                        cwd=ROOT, capture_output=True, text=True)
@@ -74,11 +74,12 @@ def ceiling(args: list[str], steps: int) -> dict:
     import torch
     from trl import SFTTrainer
 
-    from studio import methods, models
+    from studio.model import methods
+    from studio.model import models
     from studio import spec as specmod
     from studio.data import encode
     from studio.data.templates import Template
-    from studio.train import sft_config
+    from studio.train.job import sft_config
 
     spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", args)
     tok = models.load_tokenizer(spec.model.name_or_path)

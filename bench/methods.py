@@ -50,7 +50,7 @@ EXTRA = {"adalora": ["method.adalora.tinit=1", "method.adalora.tfinal=1"]}
 
 
 def run_one(name: str, example: str, steps: int, accum: int, root: Path) -> dict:
-    from studio import events as ev
+    from studio.run import events as ev
     from studio import spec as specmod
 
     out = root / name

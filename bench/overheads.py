@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "llamafactory"
 
-from studio.launch import free_port  # noqa: E402
+from studio.launch.command import free_port  # noqa: E402
 
 
 def webui_ready(timeout: float = 120) -> float:
@@ -48,7 +48,7 @@ def webui_ready(timeout: float = 120) -> float:
 
 
 def first_loss() -> dict:
-    from studio import events as ev
+    from studio.run import events as ev
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
@@ -68,7 +68,7 @@ def first_loss() -> dict:
 
 
 def preprocessing() -> dict:
-    from studio import models
+    from studio.model import models
     from studio import spec as specmod
     from studio.data import encode
     from studio.data.templates import Template

@@ -19,7 +19,7 @@ from pathlib import Path
 def measure(overrides: list[str], batch_sizes, max_new_tokens: int):
     """Samples/s and generated tokens/s of the evaluate path at each batch size, for an eval spec's overrides.
     -> (rows, the model)."""
-    from studio import evaluate
+    from studio.evaluate import job as evaluate
     from studio import spec as specmod
     from studio.data.templates import Template
 

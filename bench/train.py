@@ -32,7 +32,7 @@ def overrides(out: Path, packing: bool, steps: int, samples: int, data_dir: Path
 
 
 def run_studio(args: list[str]) -> dict:
-    from studio import events as ev
+    from studio.run import events as ev
 
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"), *args],
@@ -53,11 +53,12 @@ def trainer_batches(args: list[str], steps: int):
     """The exact micro-batches the studio's trainer feeds the model, built by the studio's own code."""
     from trl import SFTTrainer
 
-    from studio import methods, models
+    from studio.model import methods
+    from studio.model import models
     from studio import spec as specmod
     from studio.data import encode
     from studio.data.templates import Template
-    from studio.train import sft_config
+    from studio.train.job import sft_config
 
     spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", args)
     tok = models.load_tokenizer(spec.model.name_or_path)

@@ -28,7 +28,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
-    from studio import launch, runs
+    from studio.launch import command as launch
+    from studio.run import status as runs
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "webui.json"))

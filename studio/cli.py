@@ -19,7 +19,7 @@ def _err(msg: str) -> int:
 
 def preflight(spec) -> None:
     """Cheap checks before a child starts: the datasets exist and suit the stage, the machine suits the method."""
-    from studio import methods
+    from studio.model import methods
     from studio.data import encode, registry
 
     if spec.task != "train":
@@ -32,8 +32,8 @@ def preflight(spec) -> None:
 
 def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str | None = None) -> int:
     """Start a job (train, eval, export) as a child process and follow it to its end."""
-    from studio import events as ev
-    from studio import launch
+    from studio.run import events as ev
+    from studio.launch import command as launch
 
     preflight(spec)
     if dry_run:
@@ -81,8 +81,8 @@ def _wait_node(run_dir, proc, offset, grace: float = NODE_GRACE) -> int:
     import subprocess
     import time
 
-    from studio import events as ev
-    from studio import launch
+    from studio.run import events as ev
+    from studio.launch import command as launch
 
     ended = None
     while proc.poll() is None:
@@ -111,8 +111,8 @@ def _wait_node(run_dir, proc, offset, grace: float = NODE_GRACE) -> int:
 def _follow_from(run_dir, proc, offset):
     import time
 
-    from studio import events as ev
-    from studio import launch
+    from studio.run import events as ev
+    from studio.launch import command as launch
 
     while True:
         events, offset = ev.read(run_dir, offset)
@@ -154,7 +154,7 @@ def cmd_data_check(args) -> int:
 
     template = None
     if not args.no_tokenize:
-        from studio import models
+        from studio.model import models
         from studio.data.templates import Template
 
         template = Template(args.template, models.load_tokenizer(args.model))
@@ -174,7 +174,7 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from studio import runs
+    from studio.run import status as runs
 
     items = runs.list_runs(args.root)
     if not items:
@@ -222,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_runs)
 
     # verbs that live beside their module: each module's add_cli(sub) adds its subparser
-    __import__("studio.chat").chat.add_cli(sub)
-    __import__("studio.evaluate").evaluate.add_cli(sub)
-    __import__("studio.export").export.add_cli(sub)
+    __import__("studio.chat.session").chat.session.add_cli(sub)
+    __import__("studio.evaluate.job").evaluate.job.add_cli(sub)
+    __import__("studio.export.job").export.job.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
     return p
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 def user_error_types() -> tuple:
     from studio.data.registry import DataError
     from studio.data.templates import TemplateError
-    from studio.models import ModelError
+    from studio.model.models import ModelError
     from studio.spec import SpecError
 
     return (SpecError, DataError, ModelError, TemplateError)

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The embedded default model, converted once to a cached safetensors folder."""
-    from studio import models
+    from studio.model import models
 
     return models.default_path()
 

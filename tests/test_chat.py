@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studio.chat import ChatError, ChatSession, GenParams, prompt_ids
+from studio.chat.session import ChatError, ChatSession, GenParams, prompt_ids
 from studio.data import check, collect, encode, registry
 from studio.data.registry import DataError
 from studio.data.templates import Template, TemplateError
-from studio.models import ModelError
+from studio.model.models import ModelError
 
 ROOT = Path(__file__).resolve().parent.parent
 HISTORY = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Pico."}]

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, tiny_spec
 
-from studio import events as ev
-from studio import launch, runs
+from studio.run import events as ev
+from studio.launch import command as launch
+from studio.run import status as runs
 from studio import spec as specmod
 
 STEPS = 6
@@ -143,7 +144,7 @@ def test_abort_kills_a_hanging_rank(tiny_model, tmp_path):
 HOOK = '''
 import os
 if os.environ.get("RANK") == "1":  # make rank 1 fail during step 2, as an out-of-memory would
-    from studio import events
+    from studio.run import events
 
     _write = events.EventWriter.write
 

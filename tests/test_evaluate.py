@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from studio import evaluate, events as ev, launch, metrics, runs
+from studio.evaluate import job as evaluate
+from studio.run import events as ev
+from studio.launch import command as launch
+from studio.evaluate import metrics
+from studio.run import status as runs
 from studio import spec as specmod
 
 NOREF = [{"instruction": "Say hello."}, {"instruction": "Name a colour.", "output": ""}, {"instruction": "Count to three."}]
@@ -75,7 +79,7 @@ def _tiny_eval(tiny_model, tiny_run, n: int):
 def test_batched_generation_equals_one_at_a_time(tiny_model, tiny_run, monkeypatch):
     """Left padding, length sorting and finished rows leaving the batch (with their KV cache) change nothing: greedy
     answers match batch size 1, in the original order."""
-    from studio import batchgen
+    from studio.evaluate import batchgen
 
     monkeypatch.setattr(batchgen, "CHUNK", 3)  # rounds of 3 tokens: rows leave and join at several points
     samples, model, tok, template, prompts = _tiny_eval(tiny_model, tiny_run, 10)
@@ -121,7 +125,7 @@ def test_out_of_memory_in_generation_halves_the_batch(tiny_model, tiny_run, monk
 def test_out_of_memory_halves_the_batch():
     import torch
 
-    from studio.models import ModelError
+    from studio.model.models import ModelError
 
     seen, said = [], []
 

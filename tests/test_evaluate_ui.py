@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from studio import predictions
+from studio.evaluate import predictions
 from studio import spec as specmod
 
 tab = pytest.importorskip("studio.ui.evaluate_tab")

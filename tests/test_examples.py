@@ -32,7 +32,7 @@ def test_example_loads_and_says_how_to_run_it(path, monkeypatch):
 
 
 def test_every_registered_dataset_passes_data_check(default_model_dir):
-    from studio import models
+    from studio.model import models
     from studio.data import check, registry
     from studio.data.templates import Template
 

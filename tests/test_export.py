@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from studio import events as ev
-from studio import export, export_gguf
+from studio.run import events as ev
+from studio.export import job as export
+from studio.export import gguf as export_gguf
 from studio import spec as specmod
 from tests.conftest import ROOT
 
@@ -327,7 +328,7 @@ def test_identity_export_end_to_end(identity_run, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio import models
+    from studio.model import models
 
     out = tmp_path / "identity_export"
     res = subprocess.run([sys.executable, "-m", "studio", "export", str(ROOT / "examples" / "export_identity.yaml"),

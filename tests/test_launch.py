@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from studio import deepspeed, devices, estimate, launch, runs
-from studio import events as ev
+from studio.launch import deepspeed
+from studio.launch import devices
+from studio.launch import estimate
+from studio.launch import command as launch
+from studio.run import status as runs
+from studio.run import events as ev
 from studio import spec as specmod
 from studio.spec import SpecError
 
@@ -23,12 +27,12 @@ def _spec(*overrides: str) -> specmod.JobSpec:
 
 
 def test_one_process_is_a_plain_child():
-    assert launch.command(_spec()) == [sys.executable, "-m", "studio.train", "runs/x"]
+    assert launch.command(_spec()) == [sys.executable, "-m", "studio.train.job", "runs/x"]
 
 
 def test_several_processes_run_torchrun_standalone():
     argv = launch.command(_spec("launch.nproc_per_node=2"))
-    assert argv == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "studio.train", "runs/x"]
+    assert argv == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "studio.train.job", "runs/x"]
 
 
 def test_deepspeed_always_runs_under_torchrun():
@@ -44,7 +48,7 @@ def test_fixed_port_and_multi_node():
 
 
 def test_eval_and_export_never_use_torchrun():
-    assert launch.command(_spec("task=eval", "launch.nproc_per_node=2"))[:3] == [sys.executable, "-m", "studio.evaluate"]
+    assert launch.command(_spec("task=eval", "launch.nproc_per_node=2"))[:3] == [sys.executable, "-m", "studio.evaluate.job"]
 
 
 def test_devices_set_the_child_environment():
@@ -85,7 +89,7 @@ def test_dry_run_prints_the_command_and_writes_nothing(tmp_path, studio_cmd):
     res = subprocess.run([*studio_cmd, "train", "examples/identity_lora.yaml", f"output_dir={out}", "launch.nproc_per_node=2",
                           "launch.deepspeed=z2", "train.max_steps=4", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"{sys.executable} -m torch.distributed.run --nproc_per_node=2 --standalone -m studio.train {out}"
+    assert res.stdout.strip() == f"{sys.executable} -m torch.distributed.run --nproc_per_node=2 --standalone -m studio.train.job {out}"
     assert not out.exists()
     res = subprocess.run([*studio_cmd, "train", "examples/identity_lora.yaml", "launch.deepspeed=missing.json", "--dry-run"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

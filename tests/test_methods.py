@@ -43,7 +43,8 @@ def _train(tiny_model, tmp_path, data_dir, overrides):
     """Train in-process; -> (spec, run_dir, parameters before training, the trained model, metrics)."""
     from transformers import TrainerCallback
 
-    from studio import events, train
+    from studio.run import events
+    from studio.train import job as train
 
     spec = specmod.load(None, tiny_spec(tiny_model, tmp_path, data_dir, **{"train.max_steps": 3}) + overrides)
     run_dir = tmp_path / "run"
@@ -72,7 +73,8 @@ def _reload(spec, run_dir):
     """The artefact loaded the way Evaluate and Chat load it: base model (+ adapter), or the saved model folder."""
     import dataclasses
 
-    from studio import methods, models
+    from studio.model import methods
+    from studio.model import models
 
     if methods.is_peft(spec):
         from peft import PeftModel
@@ -85,7 +87,7 @@ def _reload(spec, run_dir):
 def test_method_trains_only_its_parameters_and_reloads(case, tiny_model, tmp_path, data_dir):
     import torch
 
-    from studio import models
+    from studio.model import models
 
     spec, run_dir, before, model, metrics = _train(tiny_model, tmp_path, data_dir, CASES[case])
     assert metrics["step"] == spec.train.max_steps and metrics["train_loss"] == metrics["train_loss"]  # finite, not NaN
@@ -135,7 +137,8 @@ def test_method_trains_only_its_parameters_and_reloads(case, tiny_model, tmp_pat
 def test_loraplus_gives_lora_b_a_higher_learning_rate(tiny_model, tmp_path):
     from transformers import TrainingArguments
 
-    from studio import methods, models
+    from studio.model import methods
+    from studio.model import models
 
     spec = specmod.load(None, tiny_spec(tiny_model, tmp_path) + ["method.lora.loraplus_lr_ratio=16", "train.weight_decay=0.1"])
     model = methods.apply(spec, models.load_model(spec.model))
@@ -152,7 +155,8 @@ def test_loraplus_gives_lora_b_a_higher_learning_rate(tiny_model, tmp_path):
 
 def test_tensorboard_logs_into_the_run_folder(tiny_model, tmp_path, data_dir):
     pytest.importorskip("tensorboard")
-    from studio import events, train
+    from studio.run import events
+    from studio.train import job as train
 
     spec = specmod.load(None, tiny_spec(tiny_model, tmp_path, data_dir) + ["train.report_to=tensorboard", "train.max_steps=2"])
     run_dir = tmp_path / "run"
@@ -197,7 +201,7 @@ def test_preflight_refuses_what_this_machine_lacks(monkeypatch):
 
     import torch
 
-    from studio import methods
+    from studio.model import methods
 
     if not torch.cuda.is_available():
         with pytest.raises(specmod.SpecError, match="train.compute_dtype=fp16"):

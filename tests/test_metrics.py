@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from studio import metrics
+from studio.evaluate import metrics
 
 # (prediction, reference, the words both metrics must see)
 CASES = [

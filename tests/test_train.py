@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_spec
-from studio import events as ev
-from studio import runs
+from studio.run import events as ev
+from studio.run import status as runs
 
 LOG_KEYS = {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "elapsed_s", "eta_s", "t"}
 
@@ -124,11 +124,12 @@ def test_cpu_trainer_loss_and_gradients_match_trl(tiny_model, tmp_path, packing)
     """The CPU trainer's plain loss equals TRL's fused-head loss, with the gradient-accumulation normaliser."""
     from trl import SFTTrainer
 
-    from studio import methods, models
+    from studio.model import methods
+    from studio.model import models
     from studio import spec as specmod
     from studio.data import encode
     from studio.data.templates import Template
-    from studio.train import sft_config, trainer_class
+    from studio.train.job import sft_config, trainer_class
 
     spec = specmod.load(ROOT / "examples" / "identity_lora.yaml",
                         tiny_spec(tiny_model, tmp_path, **{"data.packing": str(packing).lower()}))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from studio import runs
-from studio.launch import free_port
+from studio.run import status as runs
+from studio.launch.command import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,7 +60,7 @@ def server(tmp_path):
     yield info
     info["proc"].terminate()
     info["proc"].wait(timeout=30)
-    from studio import launch
+    from studio.launch import command as launch
 
     for r in runs.list_runs(workdir / "runs"):
         launch.stop(r.path, grace=5)

@@ -13,7 +13,7 @@ def _estimate(pg) -> str:
 
 
 def test_launch_fields_estimate_and_preview(server, page):  # noqa: F811
-    from studio import devices
+    from studio.launch import devices
     from studio import spec as specmod
 
     pg = page
@@ -37,7 +37,7 @@ def test_launch_fields_estimate_and_preview(server, page):  # noqa: F811
     pg.click("#preview-cmd")
     pg.wait_for_function("() => document.querySelector('#command')?.innerText.includes('torch.distributed.run')", timeout=30_000)
     text = pg.inner_text("#command")
-    assert "-m torch.distributed.run --nproc_per_node=2 --standalone -m studio.train runs/" in text
+    assert "-m torch.distributed.run --nproc_per_node=2 --standalone -m studio.train.job runs/" in text
     # the spec the form makes carries the choices (Save spec writes it into the working folder)
     pg.click("#save-spec")
     saved = server["workdir"] / "specs" / "train.yaml"

@@ -36,7 +36,7 @@ def _pieces(tokenizer, ids, labels) -> list:
 
 def preview(spec, limit: int = 100, info: dict | None = None) -> dict:
     """Render the first `limit` training examples of `spec` and count tokens over all of them."""
-    from studio import models
+    from studio.model import models
     from studio.data.templates import Template
 
     d, stage = spec.data, spec.method.stage

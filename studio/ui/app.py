@@ -22,7 +22,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import models, runs
+from studio.model import models
+from studio.run import status as runs
 from studio.data.templates import NAMES as TEMPLATES
 from studio.ui import form
 

@@ -1,7 +1,7 @@
 """Chat tab: talk to the top bar's model (and adapter or run), or to two models side by side; edit an answer and
 save the conversation, or the preferred answer and the other, to a dataset in the registry.
 
-The models live in this server process (studio/chat.py; torch is imported when the first one loads), one
+The models live in this server process (studio/chat/session.py; torch is imported when the first one loads), one
 session per side, shared by every page of this server. Loading replaces what was loaded; answers stream
 into the chat; Stop ends them at the next token. A dataset saved here appears in the Train tab's dataset
 list (↻ re-read dataset_info.json).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.chat import ChatSession, GenParams
+from studio.chat.session import ChatSession, GenParams
 from studio.data import collect, registry
 from studio.errors import is_user_error
 from studio.ui import app, jobs

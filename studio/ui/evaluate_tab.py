@@ -1,7 +1,7 @@
 """Evaluate & Predict tab: evaluate the top bar's model and adapter (and more, side by side) on datasets.
 
 The form makes a `task: eval` spec (the model, template and adapter come from the top bar); Start runs
-`python -m studio.evaluate` as a child job, followed by its events. When it ends: the metrics of every
+`python -m studio.evaluate.job` as a child job, followed by its events. When it ends: the metrics of every
 model side by side, the predictions of one model sortable and filterable by score, and its worst and best
 samples. Earlier evaluations can be opened from the list of eval runs.
 """
@@ -14,8 +14,10 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio import events as ev
-from studio import metrics, predictions, runs
+from studio.run import events as ev
+from studio.evaluate import metrics
+from studio.evaluate import predictions
+from studio.run import status as runs
 from studio import spec as specmod
 from studio.errors import is_user_error
 from studio.ui import form, jobs
@@ -256,7 +258,7 @@ def build(ctx) -> None:
         try:
             spec = make_spec(vals, top, runs_root, workdir)
             jobs.inside(workdir, spec.output_dir, "output_dir")
-            from studio.evaluate import check
+            from studio.evaluate.job import check
 
             check(spec)
             run_dir = jobs.start(spec, workdir, runs_root)

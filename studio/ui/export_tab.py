@@ -1,7 +1,7 @@
 """Export tab: pick a finished run, choose dtype, shard size and GGUF files, press Export; follow the phases and
 see the verification, the files written, the Modelfile and the command that runs the model in Ollama.
 
-The job is `python -m studio.export RUN_DIR` (see studio/export.py), started and stopped like training.
+The job is `python -m studio.export.job RUN_DIR` (see studio/export/job.py), started and stopped like training.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import events as ev
-from studio import runs
+from studio.run import events as ev
+from studio.run import status as runs
 from studio import spec as specmod
 from studio.errors import is_user_error
 from studio.ui import form, jobs, monitor
@@ -37,7 +37,7 @@ def run_choices(runs_root: Path, workdir: Path) -> list:
 
 def make_spec(source: str, top_model: str, export_dir: str, gguf: list, values: dict, runs_root: Path, workdir: Path):
     """The export JobSpec for the form: a run folder (its base model comes from the run) or a whole model folder."""
-    from studio import export_source as export
+    from studio.model import source as export
 
     spec = form.values_to_spec(values, specmod.JobSpec(task="export"))
     spec.export.gguf = [q for q in GGUF_TYPES if q in (gguf or [])]

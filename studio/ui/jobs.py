@@ -13,7 +13,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from studio import launch, runs
+from studio.launch import command as launch
+from studio.run import status as runs
 from studio import spec as specmod
 from studio.data import registry
 from studio.data.registry import DataError

@@ -10,7 +10,9 @@ import threading
 
 import gradio as gr
 
-from studio import devices, estimate, launch
+from studio.launch import devices
+from studio.launch import estimate
+from studio.launch import command as launch
 from studio import spec as specmod
 from studio.ui import form
 

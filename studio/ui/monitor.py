@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from studio import events as ev
-from studio import runs
+from studio.run import events as ev
+from studio.run import status as runs
 
 LOG_TAIL = 12_000  # characters of output.log shown
 

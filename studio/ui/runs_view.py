@@ -10,8 +10,8 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from studio import events as ev
-from studio import runs
+from studio.run import events as ev
+from studio.run import status as runs
 from studio import spec as specmod
 from studio.ui import monitor
 

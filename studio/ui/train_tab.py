@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import runs
+from studio.run import status as runs
 from studio import spec as specmod
 from studio.data import registry
 from studio.errors import is_user_error

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio import events as ev
+from studio.run import events as ev
 
 JOB = "job.json"
 QUEUED = "queued.json"

@@ -1,6 +1,6 @@
 """Which GPUs this machine has, without importing torch in the calling process.
 
-    python -m studio.devices          prints the GPUs (or that there is none) as the device picker shows them
+    python -m studio.launch.devices          prints the GPUs (or that there is none) as the device picker shows them
 
 `detect()` asks `nvidia-smi` first; without it, a short `python -c` child asks torch. GPU numbers are the
 ones nvidia-smi shows (PCI bus order): `launch.devices=0,1` sets CUDA_DEVICE_ORDER=PCI_BUS_ID for the child

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio import metrics as metricsmod
+from studio.evaluate import metrics as metricsmod
 
 HISTORY = "evals.jsonl"
 METRICS = "metrics.json"

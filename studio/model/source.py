@@ -37,7 +37,7 @@ def _read_yaml(path: Path) -> dict:
 
 def find_source(spec) -> Source:
     """Work out what to export from the spec; refuse mismatches with a message that names both sides."""
-    from studio import models
+    from studio.model import models
 
     m = spec.model
     if m.adapter:
@@ -83,7 +83,7 @@ def _template(spec, run: dict) -> str:
 
 def defaults_from_run(spec, explicit: set[str]) -> None:
     """Fill model.name_or_path from the adapter's run when the user did not name a base model."""
-    from studio import models
+    from studio.model import models
 
     if spec.model.adapter and "model.name_or_path" not in explicit:
         try:

@@ -115,7 +115,7 @@ def apply(spec: JobSpec, model, total_steps: int | None = None, run_dir: str | P
     if spec.model.quantization_bit:
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.train.gradient_checkpointing)
     if spec.model.adapter:
-        from studio.models import find_adapter
+        from studio.model.models import find_adapter
 
         return peft.PeftModel.from_pretrained(model, str(find_adapter(spec.model.adapter)), is_trainable=True)
     import torch
@@ -272,7 +272,7 @@ def preflight(spec: JobSpec) -> None:
         fields = "model.quantization_bit" if mo.quantization_bit is not None else f"train.optim={t.optim}"
         raise SpecError(f"{fields}: needs the bitsandbytes package; pip install bitsandbytes")
     if t.compute_dtype == "fp16":  # without importing torch (the web UI calls this); bf16 on an old GPU: the child says so
-        from studio import devices
+        from studio.launch import devices
 
         if spec.launch.devices == "cpu" or not devices.detect():
             raise SpecError("train.compute_dtype=fp16: mixed fp16 training needs a CUDA GPU and this job has none; "

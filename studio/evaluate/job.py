@@ -1,6 +1,6 @@
 """Evaluation entry point: batched generation over datasets -> predictions.jsonl, metrics.json.
 
-    python -m studio.evaluate runs/eval_identity          (what `studio eval SPEC` starts in the background)
+    python -m studio.evaluate.job runs/eval_identity          (what `studio eval SPEC` starts in the background)
 
 plan (base model, adapters or run folders to compare) -> samples (prompt messages + reference answer) ->
 for each model: load -> generate in length-sorted, left-padded batches until the template's end of turn
@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio import events as ev
-from studio import metrics as metricsmod
+from studio.run import events as ev
+from studio.evaluate import metrics as metricsmod
 from studio import spec as specmod
-from studio.predictions import HISTORY, METRICS, Sample, eval_datasets, read_samples, score_file, score_rows, table, write_jsonl
+from studio.evaluate.predictions import HISTORY, METRICS, Sample, eval_datasets, read_samples, score_file, score_rows, table, write_jsonl
 
 
 class Aborted(Exception):
@@ -55,7 +55,7 @@ def _run_spec(folder: Path) -> dict:
 
 def resolve(target: str, spec) -> Entry:
     """An adapter folder, run folder or checkpoint -> Entry; refuses one trained on another base model."""
-    from studio import models
+    from studio.model import models
 
     base = spec.model.name_or_path
     if target == "base":
@@ -124,7 +124,7 @@ def halve_on_oom(e: BaseException, size: int, say) -> int:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if size == 1:
-        from studio.models import ModelError
+        from studio.model.models import ModelError
 
         raise ModelError("out of memory at batch size 1: lower data.cutoff_len or eval.max_new_tokens, "
                          "or load the model in 4 bits (model.quantization_bit=4)") from None
@@ -147,8 +147,8 @@ def batched(order: list[int], batch_size: int, step, say):
 
 
 def generate(model, tokenizer, template, prompts: list[list[int]], ecfg, say=print, progress=None) -> tuple[list[str], int]:
-    """Predictions for token-id prompts, in their order, and the number of tokens generated (studio.batchgen)."""
-    from studio.batchgen import generate as batched_generate
+    """Predictions for token-id prompts, in their order, and the number of tokens generated (studio.evaluate.batchgen)."""
+    from studio.evaluate.batchgen import generate as batched_generate
 
     return batched_generate(model, tokenizer, template, prompts, ecfg, say, progress)
 
@@ -188,7 +188,7 @@ def label_loss(model, template, samples: list[Sample], batch_size: int, cutoff_l
 def load(spec, entry: Entry):
     import torch
 
-    from studio import models
+    from studio.model import models
 
     mspec = dataclasses.replace(spec.model, name_or_path=entry.model, adapter=None)
     model = models.load_model(mspec, spec.train.compute_dtype)
@@ -333,7 +333,7 @@ def cmd_eval(args) -> int:
 
 
 def _stamp() -> str:
-    from studio.runs import stamp
+    from studio.run.status import stamp
 
     return stamp()
 

@@ -1,6 +1,6 @@
 """Export entry point: merge a trained adapter into its base model, save it, check it, convert it.
 
-    python -m studio.export runs/identity_export       (what `studio export SPEC` starts in the background)
+    python -m studio.export.job runs/identity_export       (what `studio export SPEC` starts in the background)
 
 The source is `model.adapter` (a run folder, its adapter/ folder or any PEFT adapter folder, on top of
 `model.name_or_path`), or a full fine-tune's model/ folder (a run folder, or `model.name_or_path` with no
@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from studio import events as ev
+from studio.run import events as ev
 from studio import spec as specmod
-from studio.export_source import MANIFEST, defaults_from_run, find_source, target_dir
+from studio.model.source import MANIFEST, defaults_from_run, find_source, target_dir
 
 PROMPTS = ["Who are you?", "What is your name?", "Write one sentence about the sea.", "What is 12 plus 30?"]
 # Largest logit difference accepted between the export and base + adapter (fp32 reference), per stored dtype:
@@ -99,7 +99,7 @@ class Job:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop request must not interrupt the clean-up
             shutil.rmtree(self.tmp, ignore_errors=True)
             if _is_disk_full(e):
-                from studio.models import ModelError
+                from studio.model.models import ModelError
 
                 raise ModelError(f"out of disk space while writing the export to {self.target.parent} "
                                  f"({_free_bytes(self.target.parent) / 1e9:.2f} GB free); the partial output was removed. "
@@ -111,7 +111,8 @@ class Job:
     def _merged(self) -> dict:
         import torch
 
-        from studio import export_checks, models
+        from studio.export import checks as export_checks
+        from studio.model import models
         from studio.data.templates import Template
 
         s, src, ex = self.spec, self.source, self.spec.export
@@ -154,7 +155,8 @@ class Job:
         return result
 
     def _gguf(self, template, stop_ids, tok, prompts, result):
-        from studio import export_checks, export_gguf
+        from studio.export import checks as export_checks
+        from studio.export import gguf as export_gguf
 
         ex = self.spec.export
         if not ex.gguf:
@@ -205,7 +207,7 @@ class Job:
         need = n_params * (BYTES[ex.dtype] + sum(GGUF_BYTES[q] for q in ex.gguf)) * 1.05 + 50e6
         free = _free_bytes(self.target.parent)
         if free < need:
-            from studio.models import ModelError
+            from studio.model.models import ModelError
 
             raise ModelError(f"not enough disk space for the export: about {need / 1e9:.2f} GB needed at {self.target.parent}, "
                              f"{free / 1e9:.2f} GB free. Free some space, choose another export.export_dir, or write fewer GGUF files.")
@@ -222,7 +224,7 @@ class Job:
 
     # -- card, manifest, swap ------------------------------------------------------------------------------
     def _finish(self, result: dict):
-        from studio import export_card
+        from studio.export import card as export_card
 
         self.phase("model card")
         if self.source.run_spec_path:
@@ -260,7 +262,7 @@ def _load_full_precision(path: str, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from studio import models
+    from studio.model import models
 
     try:
         return AutoModelForCausalLM.from_pretrained(models.resolve(path), dtype=torch.float32,
@@ -272,7 +274,7 @@ def _load_full_precision(path: str, trust_remote_code: bool):
 def _generation_config(out: Path, base: str, stop_ids: list[int], tok) -> None:
     from transformers import GenerationConfig
 
-    from studio import models
+    from studio.model import models
 
     try:
         gc = GenerationConfig.from_pretrained(models.resolve(base))

@@ -1,6 +1,6 @@
 """Training entry point: reads RUN_DIR/spec.yaml, trains with TRL's SFTTrainer, writes events and results.
 
-    python -m studio.train runs/identity_lora          (what `studio train SPEC` starts in the background)
+    python -m studio.train.job runs/identity_lora          (what `studio train SPEC` starts in the background)
 
 setup (tokenizer, data, model, method) -> SFTTrainer -> train -> save adapter/ or model/ -> `done`.
 SIGTERM or SIGINT: stop after the current step, save a checkpoint and the adapter, write `aborted`.
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from studio import events as ev
+from studio.run import events as ev
 from studio import spec as specmod
 
 USER_ERRORS = ()  # filled in main() once the modules are imported
@@ -106,7 +106,7 @@ def sft_config(spec, run_dir: Path, has_eval: bool):
     import torch
     from trl import SFTConfig
 
-    from studio.models import compute_dtype
+    from studio.model.models import compute_dtype
 
     t, d = spec.train, spec.data
     dtype = compute_dtype(t.compute_dtype)
@@ -114,7 +114,7 @@ def sft_config(spec, run_dir: Path, has_eval: bool):
     prompt_style = spec.method.finetuning_type in ("prefix", "prompt", "ptuning", "ptuning_v2")
     kw = {}
     if spec.launch.deepspeed:
-        from studio.deepspeed import config_for
+        from studio.launch.deepspeed import config_for
 
         kw["deepspeed"] = config_for(spec.launch.deepspeed)
     if has_eval:
@@ -161,7 +161,8 @@ def trainer_class():
 def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     import torch
 
-    from studio import methods, models
+    from studio.model import methods
+    from studio.model import models
     from studio.data import encode
     from studio.data.templates import Template
 
@@ -192,7 +193,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
                          callbacks=[callback, *methods.callbacks(spec), *callbacks], optimizers=methods.optimizers(spec, model, args))
     resume = spec.train.resume_from_checkpoint
     if resume == "auto":
-        from studio.runs import last_checkpoint
+        from studio.run.status import last_checkpoint
 
         ck = last_checkpoint(run_dir)
         resume = str(ck) if ck else None
@@ -216,7 +217,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
 
 def save(spec, trainer, run_dir: Path, template) -> dict:
     """Rank 0 writes adapter/ (PEFT) or model/ (full, freeze), with the tokenizer and the template used."""
-    from studio import methods
+    from studio.model import methods
 
     target = run_dir / ("adapter" if methods.is_peft(spec) else "model")
     trainer.save_model(str(target))
@@ -266,7 +267,7 @@ def _report_error(writer: ev.EventWriter, run_dir: Path, message: str, tb: str) 
     rank 0 reports the first failure of any rank (a crashed rank breaks the others' collectives: it is the cause)."""
     import json
 
-    from studio.launch import ERROR_FILE, rank_errors
+    from studio.launch.command import ERROR_FILE, rank_errors
 
     rank = int(os.environ.get("RANK", 0))
     record = {"t": time.time(), "rank": rank, "message": message, "traceback": tb}
@@ -279,7 +280,7 @@ def _report_error(writer: ev.EventWriter, run_dir: Path, message: str, tb: str) 
 
 def _other_rank_failed(writer: ev.EventWriter, run_dir: Path) -> bool:
     """On rank 0, stopped by torchrun: if another rank failed first, report its error instead of `aborted`."""
-    from studio.launch import rank_errors
+    from studio.launch.command import rank_errors
 
     errors = rank_errors(run_dir) if writer.enabled and int(os.environ.get("WORLD_SIZE", 1)) > 1 else []
     if errors:

@@ -57,7 +57,7 @@ def generate(model, tokenizer, template, prompts: list[list[int]], ecfg, say=pri
     """Predictions for token-id prompts, in their order, and the number of tokens generated."""
     import torch
 
-    from studio.evaluate import halve_on_oom
+    from studio.evaluate.job import halve_on_oom
 
     device = next(model.parameters()).device
     stop = set(template.stop_token_ids())

@@ -1,6 +1,6 @@
 """A rough GPU memory estimate for a training spec, before anything is loaded (no torch: the web UI calls it).
 
-    python -m studio.estimate examples/identity_lora.yaml [key=value ...]
+    python -m studio.launch.estimate examples/identity_lora.yaml [key=value ...]
 
 Per GPU, in bytes, for P parameters (E of them in embeddings), T trainable, N = nproc_per_node x nnodes:
     weights     P x dtype bytes (bf16 2, fp32 4); 4-bit: 0.55 per layer weight, 8-bit: 1 (embeddings stay)
@@ -54,7 +54,7 @@ class Estimate:
 
 def model_dir(name_or_path: str) -> Path | None:
     """The local folder of a model name, without converting or downloading anything."""
-    from studio import models
+    from studio.model import models
 
     if name_or_path == models.DEFAULT:
         p = models.cache_root() / "models" / models.DEFAULT_NAME

@@ -18,8 +18,8 @@ import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from studio import models
-from studio.models import ModelError
+from studio.model import models
+from studio.model.models import ModelError
 
 
 class ChatError(ModelError):

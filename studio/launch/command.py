@@ -22,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from studio import events as ev
-from studio import runs
+from studio.run import events as ev
+from studio.run import status as runs
 from studio import spec as specmod
 from studio.spec import JobSpec
 
-ENTRY = {"train": "studio.train", "eval": "studio.evaluate", "export": "studio.export"}
+ENTRY = {"train": "studio.train.job", "eval": "studio.evaluate.job", "export": "studio.export.job"}
 DEFAULT_PORT = 29500  # torchrun's own default; every node of a multi-node job must use the same port
 ERROR_FILE = "error-rank{rank}.json"  # what a failing rank leaves behind (only rank 0 writes events)
 
@@ -129,7 +129,7 @@ def describe(spec: JobSpec, run_dir: str | Path | None = None, studio_line: str 
 def check(spec: JobSpec) -> None:
     """Launch settings that would only fail inside the child: a DeepSpeed JSON file that is missing or broken."""
     if spec.task == "train" and spec.launch.deepspeed:
-        from studio.deepspeed import config_for
+        from studio.launch.deepspeed import config_for
 
         config_for(spec.launch.deepspeed)
 

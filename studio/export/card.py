@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from studio import events as ev
+from studio.run import events as ev
 
 
 def final_metrics(run_dir: Path | None) -> dict:

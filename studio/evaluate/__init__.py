@@ -1,0 +1,1 @@
+"""The evaluate & predict job."""

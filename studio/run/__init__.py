@@ -1,0 +1,1 @@
+"""The run-folder protocol, shared by the parent and the child side."""
