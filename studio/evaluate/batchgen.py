@@ -15,6 +15,23 @@ from collections import deque
 CHUNK = 8  # new tokens per round
 
 
+def halve_on_oom(e: BaseException, size: int, say) -> int:
+    """The batch size to go on with after `e`: half of `size` when `e` ran out of memory; anything else is raised."""
+    import torch
+
+    if not (isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())):
+        raise e
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if size == 1:
+        from studio.model.models import ModelError
+
+        raise ModelError("out of memory at batch size 1: lower data.cutoff_len or eval.max_new_tokens, "
+                         "or load the model in 4 bits (model.quantization_bit=4)") from None
+    say(f"out of memory at batch size {size}: going on with batch size {size // 2} (set eval.batch_size={size // 2} to start there)")
+    return size // 2
+
+
 def _left_pad(rows: list[list[int]], pad: int, device):
     import torch
 
@@ -57,7 +74,6 @@ def generate(model, tokenizer, template, prompts: list[list[int]], ecfg, say=pri
     """Predictions for token-id prompts, in their order, and the number of tokens generated."""
     import torch
 
-    from studio.evaluate.job import halve_on_oom
 
     device = next(model.parameters()).device
     stop = set(template.stop_token_ids())

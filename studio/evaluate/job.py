@@ -14,20 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from studio.run import events as ev
+from studio.run import job
 from studio.evaluate import metrics as metricsmod
 from studio import spec as specmod
-from studio.evaluate.predictions import HISTORY, METRICS, Sample, eval_datasets, read_samples, score_file, score_rows, table, write_jsonl
-
-
-class Aborted(Exception):
-    pass
+from studio.evaluate.batchgen import halve_on_oom
+from studio.evaluate.predictions import HISTORY, METRICS, Sample, eval_datasets, read_samples, score_rows, table, write_jsonl
 
 
 @dataclass
@@ -113,23 +109,6 @@ def prompt_ids(messages: list, template, cutoff_len: int) -> list[int]:
     ids, labels, _ = encode_chat(messages + [{"role": "assistant", "content": ""}], template, 10 ** 9)
     start = next((i for i, x in enumerate(labels) if x != -100), len(ids))
     return ids[:start][-cutoff_len:]
-
-
-def halve_on_oom(e: BaseException, size: int, say) -> int:
-    """The batch size to go on with after `e`: half of `size` when `e` ran out of memory; anything else is raised."""
-    import torch
-
-    if not (isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())):
-        raise e
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if size == 1:
-        from studio.model.models import ModelError
-
-        raise ModelError("out of memory at batch size 1: lower data.cutoff_len or eval.max_new_tokens, "
-                         "or load the model in 4 bits (model.quantization_bit=4)") from None
-    say(f"out of memory at batch size {size}: going on with batch size {size // 2} (set eval.batch_size={size // 2} to start there)")
-    return size // 2
 
 
 def batched(order: list[int], batch_size: int, step, say):
@@ -283,79 +262,16 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     return {"step": total, "metrics": short, "path": str(run_dir / METRICS)}
 
 
-def _abort(signum, frame):
-    raise Aborted()
+def body(spec, run_dir: Path, writer: ev.EventWriter):
+    try:
+        return "done", run(spec, run_dir, writer)
+    except job.Aborted:
+        progress = [e for e in ev.read_all(run_dir) if e["event"] == "progress"]
+        raise job.Aborted(step=progress[-1]["done"] if progress else 0) from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(__doc__)
-        return 2
-    run_dir = Path(argv[0])
-    writer = ev.EventWriter(run_dir)
-    signal.signal(signal.SIGTERM, _abort)
-    signal.signal(signal.SIGINT, _abort)
-    try:
-        spec = specmod.load(run_dir / "spec.yaml")
-        metrics = run(spec, run_dir, writer)
-        writer.write("done", **metrics)
-        return 0
-    except Aborted:
-        progress = [e for e in ev.read_all(run_dir) if e["event"] == "progress"]
-        writer.write("aborted", step=progress[-1]["done"] if progress else 0)
-        return 130
-    except Exception as e:  # every failure ends the job with an `error` event
-        from studio.errors import fail
-
-        return fail(writer, e)
-
-
-# --- command line --------------------------------------------------------------------------------------
-
-
-def cmd_eval(args) -> int:
-    from studio.cli import run_job
-
-    if args.args and args.args[0] == "score":
-        if len(args.args) != 2:
-            print("usage: studio eval score PREDICTIONS.jsonl", file=sys.stderr)
-            return 2
-        print(json.dumps(score_file(args.args[1]), indent=2, ensure_ascii=False))
-        return 0
-    path = None if not args.args or "=" in args.args[0] else args.args[0]
-    overrides = args.args[1:] if path else args.args
-    spec = specmod.load(path, overrides, base={"task": "eval", "output_dir": f"runs/eval-{_stamp()}"})
-    if spec.task != "eval":
-        raise specmod.SpecError(f"{path}: task is `{spec.task}`; run it with `studio {spec.task}`")
-    check(spec)
-    return run_job(spec, args.dry_run, args.detach)
-
-
-def _stamp() -> str:
-    from studio.run.status import stamp
-
-    return stamp()
-
-
-def check(spec) -> None:
-    """Cheap checks before the child starts: the output folder, the datasets, the adapters' base model."""
-    prev = Path(spec.output_dir) / "spec.yaml"
-    if prev.exists() and (_run_spec(prev.parent).get("task") or "train") != "eval":
-        raise specmod.SpecError(f"output_dir: {spec.output_dir} holds a training run; an evaluation would replace its spec. "
-                                "Choose another output_dir, e.g. output_dir=runs/eval_1")
-    read_samples(spec)
-    plan(spec)
-
-
-def add_cli(sub) -> None:
-    e = sub.add_parser("eval", help="evaluate a model, adapter or run folder on datasets (BLEU-4, ROUGE, eval loss); "
-                                    "`studio eval score FILE` scores an existing predictions.jsonl",
-                       description="studio eval SPEC [key=value ...]   |   studio eval key=value ...   |   studio eval score PREDICTIONS.jsonl")
-    e.add_argument("args", nargs="*", metavar="SPEC [key=value ...]", help="a spec file and/or key.sub=value overrides, or: score FILE")
-    e.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
-    e.add_argument("--detach", action="store_true", help="start the job in the background and return")
-    e.set_defaults(fn=cmd_eval)
+    return job.main(body, __doc__, argv)
 
 
 if __name__ == "__main__":

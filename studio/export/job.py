@@ -19,13 +19,12 @@ import importlib.util
 import json
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
 from studio.run import events as ev
-from studio import spec as specmod
-from studio.model.source import MANIFEST, defaults_from_run, find_source, target_dir
+from studio.run import job
+from studio.model.source import MANIFEST, find_source, target_dir
 
 PROMPTS = ["Who are you?", "What is your name?", "Write one sentence about the sea.", "What is 12 plus 30?"]
 # Largest logit difference accepted between the export and base + adapter (fp32 reference), per stored dtype:
@@ -33,14 +32,6 @@ PROMPTS = ["Who are you?", "What is your name?", "Write one sentence about the s
 TOLERANCE = {"fp32": 1e-2, "fp16": 0.25, "bf16": 1.5}
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 GGUF_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
-
-
-class Aborted(Exception):
-    pass
-
-
-def _abort(signum, frame):
-    raise Aborted()
 
 
 def _free_bytes(path: Path) -> int:
@@ -286,80 +277,20 @@ def _generation_config(out: Path, base: str, stop_ids: list[int], tok) -> None:
     gc.save_pretrained(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(__doc__)
-        return 2
-    run_dir = Path(argv[0])
-    writer = ev.EventWriter(run_dir, enabled=True)
-    signal.signal(signal.SIGTERM, _abort)
-    signal.signal(signal.SIGINT, _abort)
+def body(spec, run_dir: Path, writer: ev.EventWriter):
     try:
-        spec = specmod.load(run_dir / "spec.yaml")
-        job = Job(spec, run_dir, writer)
-        result = job.run()
-        report = result.get("verify") or {}
-        if report and not report.get("ok"):
-            writer.write("error", message=f"verification failed: {report.get('summary')}; the files are kept in "
-                                          f"{result['export_dir']} for inspection", traceback="", **result)
-            return 1
-        writer.write("done", **{k: v for k, v in result.items()}, max_logit_diff=report.get("max_logit_diff"))
-        return 0
-    except Aborted:
-        writer.write("aborted", step=0, message="export stopped; the partial output was removed")
-        return 130
-    except Exception as e:
-        from studio.errors import fail
-
-        return fail(writer, e)
+        result = Job(spec, run_dir, writer).run()
+    except job.Aborted:
+        raise job.Aborted(message="export stopped; the partial output was removed") from None
+    report = result.get("verify") or {}
+    if report and not report.get("ok"):
+        return "error", {"message": f"verification failed: {report.get('summary')}; the files are kept in "
+                                    f"{result['export_dir']} for inspection", "traceback": "", **result}
+    return "done", {**result, "max_logit_diff": report.get("max_logit_diff")}
 
 
-# --- CLI ---------------------------------------------------------------------------------------------------
-
-
-def cmd_export(args) -> int:
-    from studio.cli import run_job
-
-    spec = specmod.load(args.spec, args.overrides)
-    if spec.task != "export":
-        print(f"error: {args.spec}: task is `{spec.task}`; run it with `studio {spec.task}`", file=sys.stderr)
-        return 2
-    raw = specmod.merge(specmod.read_yaml(args.spec), specmod.parse_overrides(args.overrides))
-    defaults_from_run(spec, set(specmod.flatten(raw)))
-    target_dir(spec, find_source(spec))  # refuse bad input before a child starts
-    rc = run_job(spec, args.dry_run, args.detach)
-    end = ev.final(ev.read_all(spec.output_dir)) if not (args.dry_run or args.detach) else None
-    if end and end.get("files"):
-        print(summary(end))
-    return rc
-
-
-def summary(end: dict) -> str:
-    """A few lines for people: where, how big, the checks, a sample answer, the Ollama command."""
-    files = end.get("files") or {}
-    lines = [f"exported to {end['export_dir']} ({end.get('total_bytes', 0) / 1e6:.0f} MB): {', '.join(files)}"]
-    v = end.get("verify")
-    if v:
-        lines.append(f"verification: {v['summary']} (top-1 agreement {v['top1_agreement']:.3f})")
-        lines += [f"llama.cpp {n}: {'ok' if g['ok'] else 'FAILED'}, next-token agreement {g['top1_agreement']:.3f}, "
-                  f"same tokens {g['same_tokens_as_tokenizer']}" for n, g in (v.get("gguf") or {}).items()]
-        lines.append(f"sample: {v['sample']['prompt']} -> {v['sample']['answer']}")
-    for key in ("why_not_merged", "gguf_skipped"):
-        if end.get(key):
-            lines.append(end[key])
-    if end.get("ollama_command"):
-        lines.append(f"ollama: {end['ollama_command']}")
-    return "\n".join(lines)
-
-
-def add_cli(sub) -> None:
-    e = sub.add_parser("export", help="merge a trained adapter into its base model, verify it, write GGUF + Modelfile")
-    e.add_argument("spec")
-    e.add_argument("overrides", nargs="*", help="key.sub=value overrides of the spec, e.g. model.adapter=runs/x")
-    e.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
-    e.add_argument("--detach", action="store_true", help="start the job in the background and return")
-    e.set_defaults(fn=cmd_export)
+def main(argv: list[str] | None = None) -> int:
+    return job.main(body, __doc__, argv)
 
 
 if __name__ == "__main__":

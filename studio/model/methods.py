@@ -20,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from studio.run import events as ev
 from studio.spec import JobSpec, SpecError
 
 PEFT_TYPES = ("lora", "adalora", "ia3", "prefix", "prompt", "ptuning", "ptuning_v2")
@@ -124,7 +125,7 @@ def apply(spec: JobSpec, model, total_steps: int | None = None, run_dir: str | P
     model = peft.get_peft_model(model, peft_config(spec, model, total_steps))
     if spec.method.finetuning_type == "lora" and spec.method.lora.pissa and run_dir is not None:
         model.peft_config["default"].init_lora_weights = True  # reload pissa_init as it is, without a new SVD
-        if int(os.environ.get("RANK", 0)) == 0:
+        if ev.rank() == 0:
             model.save_pretrained(str(Path(run_dir) / PISSA_INIT))
     return model
 

@@ -26,13 +26,22 @@ FINAL = ("done", "error", "aborted")
 FILE = "events.jsonl"
 
 
+def rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 class EventWriter:
     """Appends events to RUN_DIR/events.jsonl; a no-op on ranks other than 0."""
 
     def __init__(self, run_dir: str | Path, enabled: bool | None = None):
         self.path = Path(run_dir) / FILE
         if enabled is None:
-            enabled = int(os.environ.get("RANK", "0")) == 0
+            enabled = rank() == 0
         self.enabled = enabled
         self.finished = False
 

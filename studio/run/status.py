@@ -7,7 +7,7 @@
     RUN_DIR/adapter/ model/ checkpoint-N/ predictions.jsonl metrics.json export/
 
 Status is derived, never stored: a final event decides it; otherwise the child's process group is
-alive (running), the job is waiting its turn (queued), or it died without a word (crashed).
+alive (running), or it died without a word (crashed).
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from studio.run import events as ev
 
 JOB = "job.json"
-QUEUED = "queued.json"
 
 
 @dataclass
@@ -46,34 +47,21 @@ class RunInfo:
 
 
 def pid_alive(pid: int) -> bool:
+    """A live process (a zombie is not alive)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg succeeds while zombies remain; look for a live member
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    """Any live member in the process group (killpg succeeds while only zombies remain)."""
+    for p in psutil.process_iter(["status"]):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
     return False
 
 
@@ -97,8 +85,6 @@ def status(run_dir: str | Path, events: list[dict] | None = None) -> str:
         return last["event"]
     if is_running(run_dir):
         return "running"
-    if (run_dir / QUEUED).exists():
-        return "queued"
     if job_info(run_dir):
         return "crashed"
     return "new"

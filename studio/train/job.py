@@ -8,20 +8,13 @@ SIGTERM or SIGINT: stop after the current step, save a checkpoint and the adapte
 from __future__ import annotations
 
 import math
-import os
-import signal
-import sys
 import time
 from pathlib import Path
 
-from studio.run import events as ev
 from studio import spec as specmod
+from studio.run import events as ev
+from studio.run import job
 
-USER_ERRORS = ()  # filled in main() once the modules are imported
-
-
-class Aborted(Exception):
-    pass
 
 
 class _Stop:
@@ -33,7 +26,7 @@ class _Stop:
         first = not cls.requested  # torchrun forwards the launcher's SIGTERM: a rank may get it twice
         cls.requested = True
         if first and not cls.training:
-            raise Aborted()
+            raise job.Aborted()
 
 
 def _dist_any(flag: bool) -> bool:
@@ -200,7 +193,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
         writer.write("message", text=f"resuming from {ck}" if ck else "no checkpoint to resume from: starting fresh")
     _Stop.training = True
     if _Stop.requested:
-        raise Aborted()
+        raise job.Aborted()
     result = trainer.train(resume_from_checkpoint=resume)
     _Stop.training = False
     out = save(spec, trainer, run_dir, template)
@@ -231,62 +224,15 @@ def save(spec, trainer, run_dir: Path, template) -> dict:
     return {"path": str(target)}
 
 
+def body(spec, run_dir: Path, writer: ev.EventWriter):
+    metrics = run(spec, run_dir, writer)
+    if metrics.pop("aborted", False):
+        return "aborted", {"checkpoint": str(run_dir / f"checkpoint-{metrics['step']}"), **metrics}
+    return "done", metrics
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(__doc__)
-        return 2
-    run_dir = Path(argv[0])
-    writer = ev.EventWriter(run_dir)
-    signal.signal(signal.SIGTERM, _Stop.handler)
-    signal.signal(signal.SIGINT, _Stop.handler)
-    try:
-        spec = specmod.load(run_dir / "spec.yaml")
-        metrics = run(spec, run_dir, writer)
-        if metrics.pop("aborted", False):
-            if not _other_rank_failed(writer, run_dir):
-                writer.write("aborted", checkpoint=str(run_dir / f"checkpoint-{metrics['step']}"), **metrics)
-            return 130
-        writer.write("done", **metrics)
-        return 0
-    except Aborted:
-        if not _other_rank_failed(writer, run_dir):
-            writer.write("aborted", step=0)
-        return 130
-    except Exception as e:  # every failure ends the job with an `error` event
-        from studio.errors import describe
-
-        message, tb = describe(e)
-        _report_error(writer, run_dir, message, tb)
-        print(tb or f"error: {message}", file=sys.stderr, flush=True)
-        return 1
-
-
-def _report_error(writer: ev.EventWriter, run_dir: Path, message: str, tb: str) -> None:
-    """Only rank 0 writes events, so with several processes every failing rank also leaves RUN_DIR/error-rank{N}.json;
-    rank 0 reports the first failure of any rank (a crashed rank breaks the others' collectives: it is the cause)."""
-    import json
-
-    from studio.launch.command import ERROR_FILE, rank_errors
-
-    rank = int(os.environ.get("RANK", 0))
-    record = {"t": time.time(), "rank": rank, "message": message, "traceback": tb}
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        (run_dir / ERROR_FILE.format(rank=rank)).write_text(json.dumps(record))
-        record = rank_errors(run_dir)[0] if writer.enabled and rank_errors(run_dir) else record
-        record = {**record, "message": f"rank {record['rank']}: {record['message']}"}
-    writer.write("error", message=record["message"], traceback=record["traceback"], rank=record["rank"])
-
-
-def _other_rank_failed(writer: ev.EventWriter, run_dir: Path) -> bool:
-    """On rank 0, stopped by torchrun: if another rank failed first, report its error instead of `aborted`."""
-    from studio.launch.command import rank_errors
-
-    errors = rank_errors(run_dir) if writer.enabled and int(os.environ.get("WORLD_SIZE", 1)) > 1 else []
-    if errors:
-        e = errors[0]
-        writer.write("error", message=f"rank {e['rank']}: {e['message']}", traceback=e["traceback"], rank=e["rank"])
-    return bool(errors)
+    return job.main(body, __doc__, argv, on_signal=_Stop.handler)
 
 
 if __name__ == "__main__":

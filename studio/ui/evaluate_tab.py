@@ -257,10 +257,6 @@ def build(ctx) -> None:
         top, vals = dict(zip(top_names, values[:len(top_names)])), dict(zip(names, values[len(top_names):]))
         try:
             spec = make_spec(vals, top, runs_root, workdir)
-            jobs.inside(workdir, spec.output_dir, "output_dir")
-            from studio.evaluate.job import check
-
-            check(spec)
             run_dir = jobs.start(spec, workdir, runs_root)
         except Exception as e:
             if not is_user_error(e):

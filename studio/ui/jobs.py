@@ -1,5 +1,5 @@
 """What the page does before and when it starts a job: name the run folder, keep paths inside the working
-folder, refuse a second job on the same devices, check the data (through the preview child), start, stop.
+folder, the rules every job start obeys (launch.preflight), the data (through the preview child), start, stop.
 No gradio here; the tabs call these and show the SpecError / DataError messages.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from studio.launch import command as launch
+from studio.launch import command, preflight, process
 from studio.run import status as runs
 from studio import spec as specmod
 from studio.data import registry
@@ -42,63 +42,23 @@ def auto_output_dir(runs_root: Path, spec: specmod.JobSpec, workdir: Path) -> st
         return str(p)
 
 
-def _device_set(devices: str | None) -> set | None:
-    """None: every GPU (or the CPU when there is none)."""
-    if not devices:
-        return None
-    return {d.strip() for d in devices.split(",") if d.strip()}
-
-
-def devices_overlap(a: str | None, b: str | None) -> bool:
-    sa, sb = _device_set(a), _device_set(b)
-    if sa is None or sb is None:
-        return True
-    return bool(sa & sb)
-
-
-def busy_with(runs_root: Path, spec: specmod.JobSpec) -> runs.RunInfo | None:
-    """A running job under runs_root that uses any of `spec`'s devices."""
-    import yaml
-
-    for r in runs.list_runs(runs_root):
-        if r.status != "running":
-            continue
-        try:
-            other = (yaml.safe_load((r.path / "spec.yaml").read_text()) or {}).get("launch") or {}
-        except (OSError, yaml.YAMLError):
-            other = {}
-        if devices_overlap(spec.launch.devices, other.get("devices")):
-            return r
-    return None
-
-
 def reap() -> None:
     _children[:] = [p for p in _children if p.poll() is None]
 
 
 def start(spec: specmod.JobSpec, workdir: Path, runs_root: Path, check_data=None) -> Path:
-    """Refuse what cannot run (paths, devices, data), then start the child detached. Returns the run folder."""
+    """Refuse what cannot run (paths, then every rule of launch.preflight, then the data as the preview encodes it),
+    then start the child detached. Returns the run folder."""
     reap()
     out = inside(workdir, spec.output_dir, "output_dir")
-    if (out / "spec.yaml").exists() and not spec.train.resume_from_checkpoint:
-        raise specmod.SpecError(f"output_dir: {spec.output_dir} already holds a run; choose another name, "
-                                "clear the field for a new automatic name, or set train.resume_from_checkpoint=auto to continue it")
-    other = busy_with(runs_root, spec)
-    if other is not None:
-        steps = f" (step {other.step}/{other.total_steps})" if other.total_steps else ""
-        raise specmod.SpecError(f"{other.path.name} is running on the same devices{steps}. Wait for it to end or Abort it, "
-                                "or give this run other GPUs in launch.devices.")
-    if spec.task == "train":
-        from studio.cli import preflight
-
-        preflight(spec)
-        if check_data is not None:
-            result = check_data(spec)  # a preview that crashed refuses nothing: the job reports its own errors
-            if result.get("error") and not result.get("crashed"):
-                raise DataError(result["error"])
-            if result.get("reason"):
-                raise DataError(f"the data cannot train: {result['reason']} (see Dataset preview)")
-    _children.append(launch.start(spec))
+    preflight.preflight(spec, runs_root)
+    if spec.task == "train" and check_data is not None:
+        result = check_data(spec)  # a preview that crashed refuses nothing: the job reports its own errors
+        if result.get("error") and not result.get("crashed"):
+            raise DataError(result["error"])
+        if result.get("reason"):
+            raise DataError(f"the data cannot train: {result['reason']} (see Dataset preview)")
+    _children.append(command.start(spec))
     return out
 
 
@@ -106,8 +66,8 @@ def stop(run_dir: str | Path) -> bool:
     """SIGTERM now (the job saves and writes `aborted`); a thread kills the group if it lingers."""
     if not runs.is_running(run_dir):
         return False
-    launch.stop(run_dir, wait=False)
-    threading.Thread(target=launch.stop, args=(run_dir,), kwargs={"grace": 30.0}, daemon=True).start()
+    process.stop(run_dir, wait=False)
+    threading.Thread(target=process.stop, args=(run_dir,), kwargs={"grace": 30.0}, daemon=True).start()
     return True
 
 

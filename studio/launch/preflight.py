@@ -1,0 +1,142 @@
+"""Every rule checked before a job starts, the same for the CLI and the page.
+
+    preflight(spec)            # raises one error that lists every problem (SpecError, or the single error as it is)
+    problems(spec)             # the same problems as a list of messages
+
+The rules: the spec's own values (spec.validate, already run when the spec was built), the output folder (a job
+running in it; a run of another task or, for training, a run that is not being resumed), the devices (a running job
+on any of them), the launch settings (DeepSpeed config), and each task's own: the datasets exist and suit the stage
+and the machine suits the method (train), the samples and models to compare (eval), the source and the target
+folder (export).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from studio import spec as specmod
+from studio.errors import is_user_error
+from studio.run import status as runs
+
+
+def preflight(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> None:
+    found = _collect(spec, runs_root)
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise specmod.SpecError(f"{len(found)} problems:\n" + "\n".join(f"- {e}" for e in found))
+
+
+def problems(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> list[str]:
+    return [str(e) for e in _collect(spec, runs_root)]
+
+
+def _collect(spec, runs_root) -> list[Exception]:
+    found = []
+    for rule in (_output_dir, _devices, _launch, *TASK_RULES.get(spec.task, ())):
+        try:
+            rule(spec, runs_root)
+        except Exception as e:
+            if not is_user_error(e):
+                raise
+            found.append(e)
+    return found
+
+
+def _output_dir(spec, runs_root) -> None:
+    out = Path(spec.output_dir)
+    if spec.launch.nnodes > 1 and spec.launch.node_rank > 0:
+        return  # node 1, 2 ... join node 0's run folder
+    if runs.is_running(out):
+        raise specmod.SpecError(f"output_dir: {spec.output_dir} has a job running; choose another output folder or stop it first")
+    if not (out / "spec.yaml").is_file():
+        return
+    try:
+        task = specmod.load(out / "spec.yaml").task
+    except specmod.SpecError:
+        task = "?"
+    if task != spec.task:
+        raise specmod.SpecError(f"output_dir: {spec.output_dir} holds a {task} run, which this {spec.task} job would replace; "
+                                f"choose another output_dir, e.g. output_dir=runs/{spec.task}_1")
+    if spec.task == "train" and not spec.train.resume_from_checkpoint:
+        raise specmod.SpecError(f"output_dir: {spec.output_dir} already holds a run; choose another name, clear the field for a "
+                                "new automatic name, or set train.resume_from_checkpoint=auto to continue it")
+
+
+def _device_set(devices: str | None) -> set | None:
+    """None: every GPU (or the CPU when there is none)."""
+    if not devices:
+        return None
+    return {d.strip() for d in devices.split(",") if d.strip()}
+
+
+def devices_overlap(a: str | None, b: str | None) -> bool:
+    sa, sb = _device_set(a), _device_set(b)
+    if sa is None or sb is None:
+        return True
+    return bool(sa & sb)
+
+
+def busy_with(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> runs.RunInfo | None:
+    """A running job (beside the output folder, or under runs_root) that uses any of `spec`'s devices."""
+    out = Path(spec.output_dir).resolve()
+    roots = {out.parent} | ({Path(runs_root).resolve()} if runs_root else set())
+    for root in roots:
+        for r in runs.list_runs(root):
+            if r.status != "running" or r.path.resolve() == out:
+                continue
+            try:
+                other = specmod.load(r.path / "spec.yaml").launch.devices
+            except specmod.SpecError:
+                other = None
+            if devices_overlap(spec.launch.devices, other):
+                return r
+    return None
+
+
+def _devices(spec, runs_root) -> None:
+    if spec.launch.nnodes > 1 and spec.launch.node_rank > 0:
+        return
+    other = busy_with(spec, runs_root)
+    if other is not None:
+        steps = f" (step {other.step}/{other.total_steps})" if other.total_steps else ""
+        raise specmod.SpecError(f"{other.path.name} is running on the same devices{steps}. Wait for it to end or Abort it "
+                                "(studio runs shows it), or give this job other GPUs in launch.devices.")
+
+
+def _launch(spec, runs_root) -> None:
+    """A DeepSpeed JSON file that is missing or broken would only fail inside the child."""
+    if spec.task == "train" and spec.launch.deepspeed:
+        from studio.launch.deepspeed import config_for
+
+        config_for(spec.launch.deepspeed)
+
+
+def _train_data(spec, runs_root) -> None:
+    from studio.data import encode, registry
+
+    info = registry.read_info(spec.data.dataset_dir)
+    for name in list(spec.data.dataset) + list(spec.data.eval_dataset):
+        encode.usable(registry.entry(spec.data.dataset_dir, name, info), spec.method.stage)
+
+
+def _train_method(spec, runs_root) -> None:
+    from studio.model import methods
+
+    methods.preflight(spec)  # packages and hardware the method and options need
+
+
+def _eval(spec, runs_root) -> None:
+    from studio.evaluate.job import plan
+    from studio.evaluate.predictions import read_samples
+
+    read_samples(spec)
+    plan(spec)
+
+
+def _export(spec, runs_root) -> None:
+    from studio.model.source import find_source, target_dir
+
+    target_dir(spec, find_source(spec))
+
+
+TASK_RULES = {"train": (_train_data, _train_method), "eval": (_eval,), "export": (_export,)}

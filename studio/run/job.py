@@ -1,0 +1,94 @@
+"""The one job skeleton: every child (train, eval, export, ...) is `python -m studio.<job>.job RUN_DIR`.
+
+    def body(spec, run_dir, writer) -> ("done" | "aborted" | "error", fields)
+    raise SystemExit(job.main(body, __doc__))
+
+main() reads RUN_DIR/spec.yaml, installs the stop signals, runs the body and turns its result, an `Aborted`, or any
+exception into exactly one final event (done, aborted, error) and the exit status (0, 130, 1). Only rank 0 writes
+events; with several processes a failing rank leaves RUN_DIR/error-rank{N}.json and rank 0 reports the first failure.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from studio import spec as specmod
+from studio.run import events as ev
+
+ERROR_FILE = "error-rank{rank}.json"  # what a failing rank leaves behind (only rank 0 writes events)
+EXIT = {"done": 0, "aborted": 130, "error": 1}
+
+
+class Aborted(Exception):
+    """Stop requested (SIGTERM / SIGINT) before the job could stop on its own terms; `fields` go into `aborted`."""
+
+    def __init__(self, **fields):
+        super().__init__("stopped")
+        self.fields = fields
+
+
+def raise_aborted(signum, frame):
+    raise Aborted()
+
+
+def main(body, doc: str = "", argv: list[str] | None = None, on_signal=raise_aborted) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(doc)
+        return 2
+    run_dir = Path(argv[0])
+    writer = ev.EventWriter(run_dir)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        spec = specmod.load(run_dir / "spec.yaml")
+        event, fields = body(spec, run_dir, writer)
+    except Aborted as a:
+        event, fields = "aborted", {"step": 0, **a.fields}
+    except Exception as e:  # every failure ends the job with an `error` event
+        return fail(writer, run_dir, e)
+    if event == "aborted" and _other_rank_failed(writer, run_dir):
+        return EXIT["error"]
+    writer.write(event, **fields)
+    return EXIT[event]
+
+
+def fail(writer: ev.EventWriter, run_dir: Path, e: BaseException) -> int:
+    """One `error` event for an exception (a user's mistake as its message, a bug with its traceback); with several
+    ranks, every failing rank also leaves its error file and rank 0 reports the first failure of any rank (a crashed
+    rank breaks the others' collectives: it is the cause)."""
+    from studio.errors import describe
+
+    message, tb = describe(e)
+    record = {"t": time.time(), "rank": ev.rank(), "message": message, "traceback": tb}
+    if ev.world_size() > 1:
+        (run_dir / ERROR_FILE.format(rank=record["rank"])).write_text(json.dumps(record))
+        first = rank_errors(run_dir) if writer.enabled else []
+        record = first[0] if first else record
+        record = {**record, "message": f"rank {record['rank']}: {record['message']}"}
+    writer.write("error", message=record["message"], traceback=record["traceback"], rank=record["rank"])
+    print(tb or f"error: {message}", file=sys.stderr, flush=True)
+    return EXIT["error"]
+
+
+def _other_rank_failed(writer: ev.EventWriter, run_dir: Path) -> bool:
+    """On rank 0, stopped by torchrun: if another rank failed first, report its error instead of `aborted`."""
+    errors = rank_errors(run_dir) if writer.enabled and ev.world_size() > 1 else []
+    if errors:
+        e = errors[0]
+        writer.write("error", message=f"rank {e['rank']}: {e['message']}", traceback=e["traceback"], rank=e["rank"])
+    return bool(errors)
+
+
+def rank_errors(run_dir: str | Path) -> list[dict]:
+    """The errors that ranks left in RUN_DIR/error-rank{N}.json, the first failure first."""
+    found = []
+    for p in Path(run_dir).glob(ERROR_FILE.format(rank="*")):
+        try:
+            found.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(found, key=lambda e: e.get("t", 0))

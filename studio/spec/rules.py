@@ -1,0 +1,133 @@
+"""Validation of a spec: values and the combinations that cannot work. Every message names the fields to change."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from studio.spec.fields import DEEPSPEED_PRESETS, PROMPT_STYLE, SpecError
+
+
+def _check_choices(section, prefix: str, bad):
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.", bad)
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            allowed = ", ".join("null" if c is None else str(c) for c in choices)
+            bad(f"{prefix}{f.name}: `{value}` is not allowed; choose one of: {allowed}")
+
+
+def validate(spec):
+    """Check values and combinations; raise one SpecError that lists every problem, each naming the fields to change."""
+    problems: list[str] = []
+    bad = problems.append
+    _check_choices(spec, "", bad)
+    d, t, mo, la = spec.data, spec.train, spec.model, spec.launch
+    if not spec.output_dir:
+        bad("output_dir: give a run folder, e.g. runs/my_run")
+    if spec.task == "train" and not d.dataset:
+        bad("data.dataset: name at least one dataset from dataset_info.json")
+    if d.cutoff_len < 8:
+        bad(f"data.cutoff_len: {d.cutoff_len} is too short; use at least 8 (1024 is typical)")
+    if d.val_size < 0:
+        bad("data.val_size: must be 0 or more")
+    if d.max_samples is not None and d.max_samples < 1:
+        bad("data.max_samples: must be at least 1, or empty for all")
+    if t.learning_rate <= 0:
+        bad("train.learning_rate: must be greater than 0")
+    if t.max_steps == 0 or t.max_steps < -1:
+        bad("train.max_steps: use -1 (train num_train_epochs) or a positive number")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+        if getattr(t, name) < 1:
+            bad(f"train.{name}: must be at least 1")
+    if not 0 <= t.warmup_ratio < 1:
+        bad("train.warmup_ratio: must be in [0, 1)")
+    _validate_method(spec, bad)
+    if la.nproc_per_node < 1 or la.nnodes < 1:
+        bad("launch.nproc_per_node and launch.nnodes: must be at least 1")
+    if not 0 <= la.node_rank < la.nnodes:
+        bad(f"launch.node_rank: must be between 0 and nnodes-1 ({la.nnodes - 1})")
+    if la.devices and la.devices != "cpu":
+        gpus = [g.strip() for g in la.devices.split(",")]
+        if not all(g.isdigit() or g.startswith(("GPU-", "MIG-")) for g in gpus):
+            bad(f"launch.devices: `{la.devices}` is not `cpu` or a list of GPU numbers like `0,1` (as nvidia-smi shows them)")
+        if la.nproc_per_node > len(gpus):
+            bad(f"launch.nproc_per_node={la.nproc_per_node} but launch.devices lists {len(gpus)} GPU(s): "
+                            "use at most one process per GPU, or list more GPUs")
+    if la.deepspeed and la.deepspeed not in DEEPSPEED_PRESETS and not la.deepspeed.endswith(".json"):
+        bad(f"launch.deepspeed: `{la.deepspeed}` is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a .json path")
+    if la.deepspeed and mo.quantization_bit is not None and la.deepspeed.startswith("z3"):
+        bad("launch.deepspeed z3 with model.quantization_bit: ZeRO-3 cannot shard bitsandbytes weights; use z2")
+    ex = spec.export
+    unknown = [q for q in ex.gguf if q not in ("f32", "f16", "bf16", "q8_0")]
+    if unknown:
+        bad(f"export.gguf: {', '.join(map(str, unknown))} not known; choose from f16, q8_0, bf16, f32 (or an empty list)")
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]i?B\s*", str(ex.max_shard_size), re.I):
+        bad(f"export.max_shard_size: `{ex.max_shard_size}` is not a size like 500MB or 2GB")
+    if problems:
+        raise SpecError(problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(f"- {p}" for p in problems))
+    return spec
+
+
+def _validate_method(spec, bad) -> None:
+    """Method and training options, and the combinations that cannot work (each message names the fields)."""
+    m, t, mo, d, lo = spec.method, spec.train, spec.model, spec.data, spec.method.lora
+    ft = m.finetuning_type
+    if lo.rank < 1:
+        bad("method.lora.rank: must be at least 1")
+    if lo.alpha <= 0:
+        bad("method.lora.alpha: must be greater than 0 (twice the rank is typical)")
+    if not 0 <= lo.dropout < 1:
+        bad("method.lora.dropout: must be in [0, 1)")
+    if lo.loraplus_lr_ratio is not None and lo.loraplus_lr_ratio <= 0:
+        bad("method.lora.loraplus_lr_ratio: must be greater than 0 (16 is typical), or empty for off")
+    if lo.layers is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in lo.layers):
+        bad(f"method.lora.layers: expected layer indices (whole numbers from 0), got {lo.layers}")
+    lora_only = {"dora": lo.dora, "pissa": lo.pissa, "loraplus_lr_ratio": lo.loraplus_lr_ratio, "layers": lo.layers,
+                 "modules_to_save": lo.modules_to_save}
+    for name, on in lora_only.items():
+        if on and ft != "lora":
+            bad(f"method.lora.{name} applies to method.finetuning_type=lora only (got {ft}); "
+                            f"clear method.lora.{name} or choose lora")
+    if lo.pissa and mo.quantization_bit is not None:
+        bad("method.lora.pissa with model.quantization_bit: PiSSA needs full-precision weights; turn one off")
+    if lo.pissa and lo.dora:
+        bad("method.lora.pissa with method.lora.dora: choose one of them")
+    if mo.quantization_bit is not None and ft not in ("lora", "adalora", "ia3"):
+        bad(
+            f"model.quantization_bit={mo.quantization_bit} cannot be used with method.finetuning_type={ft}: quantized "
+            "weights cannot be trained directly. Use finetuning_type lora (QLoRA), adalora or ia3, or set model.quantization_bit to null."
+        )
+    if ft in PROMPT_STYLE and d.packing:
+        bad(f"data.packing with method.finetuning_type={ft}: virtual tokens are added in front of each "
+                        "example, so examples cannot be packed into one row; set data.packing=false")
+    if ft in ("prefix", "ptuning_v2") and t.gradient_checkpointing:
+        bad(f"train.gradient_checkpointing with method.finetuning_type={ft}: the learned prefixes are passed as "
+                        "cached keys and values, which checkpointed layers drop; set train.gradient_checkpointing=false")
+    if ft == "freeze" and m.freeze.trainable_layers == 0:
+        bad("method.freeze.trainable_layers: 0 trains nothing; use N > 0 (last N layers) or -N (first N)")
+    p = m.prompt
+    if p.num_virtual_tokens < 1:
+        bad("method.prompt.num_virtual_tokens: must be at least 1")
+    if p.encoder_hidden_size < 1:
+        bad("method.prompt.encoder_hidden_size: must be at least 1")
+    if p.init_text and ft != "prompt":
+        bad(f"method.prompt.init_text applies to method.finetuning_type=prompt only (got {ft}); clear it")
+    a = m.adalora
+    if not 1 <= a.target_rank <= a.init_rank:
+        bad(f"method.adalora.target_rank ({a.target_rank}) must be between 1 and method.adalora.init_rank ({a.init_rank})")
+    if a.tinit < 0 or a.tfinal < 0 or a.delta_t < 1:
+        bad("method.adalora.tinit and tfinal: 0 or more; method.adalora.delta_t: at least 1")
+    if ft == "adalora" and t.max_steps > 0 and a.tinit + a.tfinal >= t.max_steps:
+        bad(f"method.adalora.tinit ({a.tinit}) + method.adalora.tfinal ({a.tfinal}) must be fewer than "
+                        f"train.max_steps ({t.max_steps}): AdaLoRA needs steps in between to prune ranks")
+    if t.warmup_steps < 0:
+        bad("train.warmup_steps: must be 0 or more")
+    if t.weight_decay < 0:
+        bad("train.weight_decay: must be 0 or more (0.01-0.1 is typical)")
+    if t.max_grad_norm < 0:
+        bad("train.max_grad_norm: must be 0 (no clipping) or more")
+    if t.neftune_alpha is not None and t.neftune_alpha <= 0:
+        bad("train.neftune_alpha: must be greater than 0 (5 is typical), or empty for off")
