@@ -17,7 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio import spec as specmod
 from studio.model import models
+from studio.run.status import read_spec
 from studio.model.models import ModelError
 
 
@@ -75,15 +77,11 @@ class Source:
 
 def _run_spec(folder: Path) -> dict:
     """The `model` section of the spec saved in (or beside) a folder (an export keeps training_spec.yaml), or {}."""
-    import yaml
-
-    for f in (folder / "training_spec.yaml", folder / "spec.yaml", folder.parent / "spec.yaml"):
-        if f.is_file():
-            try:
-                return (yaml.safe_load(f.read_text()) or {}).get("model") or {}
-            except yaml.YAMLError as e:
-                raise ModelError(f"{f}: cannot read the spec ({e})") from None
-    return {}
+    try:
+        run = read_spec(folder)
+    except specmod.SpecError as e:
+        raise ModelError(f"cannot read the run's spec: {e}") from None
+    return specmod.to_dict(run)["model"] if run else {}
 
 
 def _whole_model(p: Path) -> Path | None:

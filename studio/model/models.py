@@ -150,13 +150,12 @@ def load_model(spec_model, dtype_name: str = "auto", for_training: bool = False,
 
 def adapter_base(adapter_dir: str | Path) -> str | None:
     """The base model an adapter was trained on, as its run's spec (or adapter_config.json) names it."""
-    adapter_dir = Path(adapter_dir)
-    for spec_file in (adapter_dir / "spec.yaml", adapter_dir.parent / "spec.yaml"):
-        if spec_file.exists():
-            import yaml
+    from studio.run.status import read_spec
 
-            data = yaml.safe_load(spec_file.read_text()) or {}
-            return (data.get("model") or {}).get("name_or_path")
+    adapter_dir = Path(adapter_dir)
+    run = read_spec(adapter_dir)
+    if run is not None:
+        return run.model.name_or_path
     cfg = adapter_dir / "adapter_config.json"
     if cfg.exists():
         return json.loads(cfg.read_text()).get("base_model_name_or_path")

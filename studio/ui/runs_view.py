@@ -8,7 +8,6 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
-import yaml
 
 from studio.run import events as ev
 from studio.run import status as runs
@@ -31,8 +30,8 @@ def table(runs_root: Path) -> pd.DataFrame:
 
 def spec_dict(run_dir: Path) -> dict:
     try:
-        return yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        return specmod.to_dict(specmod.load(run_dir / "spec.yaml"))
+    except (OSError, specmod.SpecError):
         return {}
 
 
