@@ -155,12 +155,16 @@ class EvalSpec:
     compute_loss: bool = _f(True, "Also compute eval loss and perplexity on the references.")
 
 
+GGUF_TYPES = ("q4_k_m", "f16", "q8_0", "q5_k_m", "q6_k", "bf16", "f32")  # Q4_K_M first: what Ollama users run
+
+
 @dataclass
 class ExportSpec:
     export_dir: Optional[str] = _f(None, "Folder to write the export to. Empty: OUTPUT_DIR/export.")
     dtype: str = _f("fp16", "Weights dtype of the merged model.", choices=["fp32", "fp16", "bf16"])
     max_shard_size: str = _f("2GB", "Largest safetensors shard (e.g. 500MB, 2GB).")
-    gguf: list = _f(["f16"], "GGUF files to write for llama.cpp and Ollama (f16, q8_0, bf16, f32; Llama-family models); empty for none.")
+    gguf: list = _f(["f16"], "GGUF files to write for llama.cpp and Ollama: q4_k_m (what Ollama users run; the Modelfile points at it), "
+                    "f16, q8_0, q5_k_m, q6_k, bf16, f32 (Llama, Mistral, Qwen2/2.5, Qwen3 models; k-quants need llama-cpp-python); empty for none.")
     verify: bool = _f(True, "Reload the export with plain transformers and compare its logits with base + adapter (and the GGUF files in llama.cpp when installed).")
     overwrite: bool = _f(False, "Replace an existing folder that is not an earlier export.")
 
@@ -455,9 +459,10 @@ def validate(spec: JobSpec) -> JobSpec:
     if la.deepspeed and mo.quantization_bit is not None and la.deepspeed.startswith("z3"):
         raise SpecError("launch.deepspeed z3 with model.quantization_bit: ZeRO-3 cannot shard bitsandbytes weights; use z2")
     ex = spec.export
-    bad = [q for q in ex.gguf if q not in ("f32", "f16", "bf16", "q8_0")]
+    ex.gguf = [str(q).lower() for q in ex.gguf]
+    bad = [q for q in ex.gguf if q not in GGUF_TYPES]
     if bad:
-        raise SpecError(f"export.gguf: {', '.join(map(str, bad))} not known; choose from f16, q8_0, bf16, f32 (or an empty list)")
+        raise SpecError(f"export.gguf: {', '.join(map(str, bad))} not known; choose from {', '.join(GGUF_TYPES)} (or an empty list)")
     import re as _re
     if not _re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]i?B\s*", str(ex.max_shard_size), _re.I):
         raise SpecError(f"export.max_shard_size: `{ex.max_shard_size}` is not a size like 500MB or 2GB")
