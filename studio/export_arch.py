@@ -1,6 +1,6 @@
 """The model architectures written as GGUF, and what differs between them.
 
-    arch = find(cfg)                  # an Arch, or raises export_gguf.Unsupported
+    arch = find(cfg)                  # an Arch, or raises Unsupported
     names = arch.tensor_names(n_layer) # HF tensor name -> llama.cpp name (the `gguf` package's TensorNameMap)
 
 Follows llama.cpp's convert_hf_to_gguf.py: Llama and Mistral are written as `llama` (q/k rows permuted into
@@ -11,6 +11,10 @@ names come from the `gguf` package (MODEL_TENSORS of the architecture), never fr
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+class Unsupported(ValueError):
+    """This model cannot be written as GGUF here; the message says why and what to use instead."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,6 @@ ARCHS = {a.hf: a for a in (
 
 def find(cfg: dict) -> Arch:
     """The Arch for a config.json, or Unsupported naming the architectures that are written."""
-    from studio.export_gguf import Unsupported
-
     name = (cfg.get("architectures") or ["?"])[0]
     arch = ARCHS.get(name)
     if arch is None:
@@ -62,8 +64,6 @@ def find(cfg: dict) -> Arch:
 def tensor_name(arch: Arch, names, hf_name: str) -> str:
     """llama.cpp's name for an HF tensor of `arch`, or Unsupported."""
     import gguf
-
-    from studio.export_gguf import Unsupported
 
     found = names.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
     if found is None or found[0] not in arch.allowed():

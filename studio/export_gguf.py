@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from studio import export_arch
+from studio.export_arch import Unsupported
+
 TYPES = ["f32", "f16", "bf16", "q8_0"]
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2, Qwen2.5 and Qwen3: one digit per token
 
 
-class Unsupported(ValueError):
-    """This model cannot be written as GGUF here; the message says why and what to use instead."""
 
 
 def unsupported(model_dir: str | Path) -> str | None:
@@ -38,8 +39,6 @@ def unsupported(model_dir: str | Path) -> str | None:
 
 
 def _check(cfg: dict, model_dir: Path) -> str:
-    from studio import export_arch
-
     export_arch.find(cfg)
     rope = _rope(cfg)
     if rope.get("rope_type", "default") not in ("default", "linear", "llama3"):
@@ -194,8 +193,6 @@ def write(model_dir: str | Path, out: str | Path, qtype: str, chat_template: str
     """Write `model_dir` as one GGUF file of type `qtype` (f32, f16, bf16, q8_0). Raises Unsupported."""
     import gguf
     import numpy as np
-
-    from studio import export_arch
 
     model_dir, out = Path(model_dir), Path(out)
     cfg = json.loads((model_dir / "config.json").read_text())
