@@ -134,9 +134,11 @@ def _eval(spec, runs_root) -> None:
 
 
 def _export(spec, runs_root) -> None:
+    from studio.export import quant
     from studio.model.source import find_source, target_dir
 
     target_dir(spec, find_source(spec))
+    quant.check(spec.export.gguf)  # k-quants need llama.cpp's quantizer
 
 
 TASK_RULES = {"train": (_train_data, _train_method), "eval": (_eval,), "export": (_export,)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from studio.spec.fields import DEEPSPEED_PRESETS, PROMPT_STYLE, SpecError
+from studio.spec.fields import DEEPSPEED_PRESETS, GGUF_TYPES, PROMPT_STYLE, SpecError
 
 
 def _check_choices(section, prefix: str, bad):
@@ -61,9 +61,10 @@ def validate(spec):
     if la.deepspeed and mo.quantization_bit is not None and la.deepspeed.startswith("z3"):
         bad("launch.deepspeed z3 with model.quantization_bit: ZeRO-3 cannot shard bitsandbytes weights; use z2")
     ex = spec.export
-    unknown = [q for q in ex.gguf if q not in ("f32", "f16", "bf16", "q8_0")]
+    ex.gguf = [str(q).lower() for q in ex.gguf]
+    unknown = [q for q in ex.gguf if q not in GGUF_TYPES]
     if unknown:
-        bad(f"export.gguf: {', '.join(map(str, unknown))} not known; choose from f16, q8_0, bf16, f32 (or an empty list)")
+        bad(f"export.gguf: {', '.join(map(str, unknown))} not known; choose from {', '.join(GGUF_TYPES)} (or an empty list)")
     if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]i?B\s*", str(ex.max_shard_size), re.I):
         bad(f"export.max_shard_size: `{ex.max_shard_size}` is not a size like 500MB or 2GB")
     if problems:

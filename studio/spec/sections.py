@@ -124,7 +124,8 @@ class ExportSpec:
     export_dir: Optional[str] = _f(None, "Folder to write the export to. Empty: OUTPUT_DIR/export.")
     dtype: str = _f("fp16", "Weights dtype of the merged model.", choices=["fp32", "fp16", "bf16"])
     max_shard_size: str = _f("2GB", "Largest safetensors shard (e.g. 500MB, 2GB).")
-    gguf: list = _f(["f16"], "GGUF files to write for llama.cpp and Ollama (f16, q8_0, bf16, f32; Llama-family models); empty for none.")
+    gguf: list = _f(["f16"], "GGUF files to write for llama.cpp and Ollama: q4_k_m (what Ollama users run; the Modelfile points at it), "
+                    "f16, q8_0, q5_k_m, q6_k, bf16, f32 (Llama, Mistral, Qwen2/2.5, Qwen3 models; k-quants need llama-cpp-python); empty for none.")
     verify: bool = _f(True, "Reload the export with plain transformers and compare its logits with base + adapter (and the GGUF files in llama.cpp when installed).")
     overwrite: bool = _f(False, "Replace an existing folder that is not an earlier export.")
 

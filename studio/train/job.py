@@ -80,6 +80,9 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
                          eta_s=round(eta, 1) if eta is not None else None)
 
         def on_save(self, args, state, control, **kw):
+            from studio.run.filemodes import usual_modes
+
+            usual_modes(run_dir / f"checkpoint-{state.global_step}")  # safetensors writes 0600
             writer.write("checkpoint", step=state.global_step, path=str(run_dir / f"checkpoint-{state.global_step}"))
 
     return EventCallback()
@@ -221,6 +224,9 @@ def save(spec, trainer, run_dir: Path, template) -> dict:
             tok.chat_template = template.chat_template()
         tok.save_pretrained(str(target))
         specmod.dump(spec, target / "spec.yaml")
+        from studio.run.filemodes import usual_modes
+
+        usual_modes(target)  # safetensors writes 0600: the adapter must be as readable as its other files
     return {"path": str(target)}
 
 
