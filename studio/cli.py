@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("studio.chat").chat.add_cli(sub)
     __import__("studio.evaluate").evaluate.add_cli(sub)
     __import__("studio.export").export.add_cli(sub)
+    __import__("studio.generate.cli").generate.cli.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
     return p
 
