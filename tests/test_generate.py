@@ -78,9 +78,10 @@ def test_each_filter_names_its_reason():
 
 
 def test_parsing_the_answers():
-    text = "Write a limerick about cats.\n5. Instruction: Classify the sentence as positive or negative.\nSure, here you go:\n6) \"List three rivers in Asia.\"\n7. Input: none"
+    text = "Write a limerick about cats.\n4. 5. Instruction: Classify the sentence as positive or negative.\nSure, here you go:\n6) \"List three rivers in Asia.\"\n7. Input: none"
     assert prompts.parse_instructions(text) == ["Write a limerick about cats.", "Classify the sentence as positive or negative.",
                                                "List three rivers in Asia."]
+    assert prompts.parse_instructions("1. Name a planet.\n2. Name a river in", truncated=True) == ["Name a planet."]
     assert prompts.parse_instance(" <noinput>\nOutput: Paris is the capital.") == ("", "Paris is the capital.")
     assert prompts.parse_instance(" cat, dog\nOutput:\ndog, cat") == ("cat, dog", "dog, cat")
     assert prompts.parse_instance("Just an answer.") == ("", "Just an answer.")
@@ -108,7 +109,8 @@ def test_self_instruct_tiny_model(tiny_model, tmp_path, data_dir):
     out = tmp_path / "gen"
     res = _studio("generate", "task=generate", f"output_dir={out}", f"model.name_or_path={tiny_model}", f"data.dataset_dir={data_dir}",
                   "generate.num_instructions=2", "generate.batch_size=2", "generate.max_new_tokens=16", "generate.max_rounds=2",
-                  "generate.output_dataset=tiny_generated", "generate.max_words=400", "generate.min_words=1", timeout=600)
+                  "generate.output_dataset=tiny_generated", "generate.max_words=400", "generate.min_words=1", "train.num_threads=1",
+                  timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     events = ev.read_all(out)
     assert events[-1]["event"] == "done"
@@ -250,7 +252,7 @@ def test_self_instruct_default_model_trains(tmp_path, data_dir):
 
     out = tmp_path / "si"
     res = _studio("generate", "task=generate", f"output_dir={out}", f"data.dataset_dir={data_dir}", "generate.num_instructions=40",
-                  "generate.output_dataset=si40", timeout=1800)
+                  "generate.output_dataset=si40", "generate.max_new_tokens=128", "train.num_threads=1", timeout=3600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     end = ev.final(ev.read_all(out))
     assert end["event"] == "done"
@@ -264,6 +266,6 @@ def test_self_instruct_default_model_trains(tmp_path, data_dir):
     check = _studio("data", "check", "--dataset-dir", data_dir, "si40")
     assert check.returncode == 0, check.stdout + check.stderr
     train = _studio("train", ROOT / "examples" / "identity_lora.yaml", f"output_dir={tmp_path / 'train'}", f"data.dataset_dir={data_dir}",
-                    "data.dataset=[si40]", "train.max_steps=3", "data.cutoff_len=256")
+                    "data.dataset=[si40]", "train.max_steps=3", "data.cutoff_len=256", "train.num_threads=1")
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
     assert ev.final(ev.read_all(tmp_path / "train"))["event"] == "done"

@@ -38,6 +38,7 @@ class LocalGenerator:
         self.template = Template(entry.template, self.tokenizer)
         self.failed_requests = 0
         self.calls = 0
+        self.truncated: list[bool] = []  # per answer of the last call: it reached max_new_tokens
         say(f"model loaded in {time.time() - t0:.1f}s: {entry.model}" + (f" + adapter {entry.adapter}" if entry.adapter else ""))
 
     def generate(self, chats: list[list[dict]], say=print) -> list[str | None]:
@@ -52,6 +53,7 @@ class LocalGenerator:
         set_seed(g.seed + self.calls)  # reproducible, and a different draw each call
         self.calls += 1
         texts, _ = batchgen.generate(self.model, self.tokenizer, self.template, prompts, cfg, say)
+        self.truncated = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) >= g.max_new_tokens - 2 for t in texts]
         return texts
 
 
@@ -71,11 +73,12 @@ class EndpointGenerator:
         self.client = httpx.Client(headers=headers, timeout=g.timeout,
                                    limits=httpx.Limits(max_connections=g.concurrency, max_keepalive_connections=g.concurrency))
         self.failed_requests = 0
+        self.truncated: list[bool] = []  # per answer of the last call: finish_reason was "length"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         say(f"endpoint {self.url}, model {g.endpoint_model}, {g.concurrency} request(s) at a time")
 
-    def one(self, messages: list[dict]) -> str | None:
+    def one(self, messages: list[dict]) -> tuple[str | None, bool]:
         import httpx
 
         g = self.g
@@ -83,7 +86,7 @@ class EndpointGenerator:
                 "temperature": g.temperature, "top_p": g.top_p}
         for attempt in range(g.retries + 1):
             if self._stop.is_set():
-                return None
+                return None, False
             try:
                 r = self.client.post(self.url, json=body)
                 if r.status_code in CONFIG_STATUS:
@@ -91,8 +94,8 @@ class EndpointGenerator:
                                         "Check generate.base_url, generate.endpoint_model"
                                         + (f" and the key in ${g.api_key_env}" if g.api_key_env else " and whether it needs a key (generate.api_key_env)"))
                 r.raise_for_status()
-                content = r.json()["choices"][0]["message"]["content"]
-                return content or ""
+                choice = r.json()["choices"][0]
+                return choice["message"]["content"] or "", choice.get("finish_reason") == "length"
             except GenerateError:
                 raise
             except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
@@ -100,12 +103,14 @@ class EndpointGenerator:
                     self.failed_requests += 1
                 if attempt < g.retries:
                     self._stop.wait(min(BACKOFF * 2 ** attempt, MAX_BACKOFF))
-        return None
+        return None, False
 
     def generate(self, chats: list[list[dict]], say=print) -> list[str | None]:
         pool = ThreadPoolExecutor(self.g.concurrency)
         try:
-            return list(pool.map(self.one, chats))
+            results = list(pool.map(self.one, chats))
+            self.truncated = [cut for _, cut in results]
+            return [text for text, _ in results]
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 

@@ -110,6 +110,10 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
                  resumed=len(store.samples) + len(store.instructions), generator=g.generator)
     if store.samples or store.instructions:
         say(f"continuing: {len(store.instructions)} instruction(s) and {len(store.samples)} sample(s) kept before")
+    if g.generator == "local" and spec.train.num_threads:
+        import torch
+
+        torch.set_num_threads(spec.train.num_threads)
     progress = Progress(writer, store, requested, "instructions" if g.mode == "self_instruct" else "samples")
     gen = generators.make(spec, say)
     progress.gen = gen

@@ -56,9 +56,10 @@ _LABEL = re.compile(r"^\s*(?:instruction|task|指令|任务)\s*[:：]\s*", re.IG
 _STOP = re.compile(r"^\s*(?:\d{1,3}\s*[.)]\s*)?(?:input|output|输入|输出)\s*[:：]", re.IGNORECASE)
 
 
-def parse_instructions(text: str, first_unnumbered: bool = True) -> list[str]:
+def parse_instructions(text: str, first_unnumbered: bool = True, truncated: bool = False) -> list[str]:
     """The instructions in a model's answer: one per line (numbered, bulleted or labelled), cleaned up.
 
+    `truncated`: the answer hit the token limit, so its last line is cut short and left out (as Alpaca does).
     The request ends with the next number ("4."), so the first line of the answer is an instruction even without
     a number (`first_unnumbered`); after it, only numbered or bulleted lines count (the rest is chatter).
     """
@@ -69,11 +70,14 @@ def parse_instructions(text: str, first_unnumbered: bool = True) -> list[str]:
         numbered = bool(_NUMBER.match(line))
         if not numbered and not (first_unnumbered and k == 0):
             continue
-        item = _LABEL.sub("", _NUMBER.sub("", line, count=1), count=1).strip()
+        item = line
+        while _NUMBER.match(item):  # "4. 1. Write ..." (a model that numbers twice)
+            item = _NUMBER.sub("", item, count=1)
+        item = _LABEL.sub("", item, count=1).strip()
         item = item.strip().strip('"“”「」*').strip()
         if item:
             out.append(item)
-    return out
+    return out[:-1] if truncated else out
 
 
 _INPUT = re.compile(r"^\s*(?:input|输入)\s*[:：]\s*", re.IGNORECASE | re.MULTILINE)

@@ -32,10 +32,11 @@ def run(spec, sources: list[dict], store, gen, progress, say) -> None:
         pool = seeds + [k["instruction"] for k in store.instructions]
         chats = [prompts.instruction_request(rng.sample(pool, min(g.num_prompt_instructions, len(pool))), g.instructions_per_request)
                  for _ in range(g.batch_size)]
-        for text in gen.generate(chats, say):
+        texts = gen.generate(chats, say)
+        for text, cut in zip(texts, gen.truncated or [False] * len(texts)):
             if text is None:
                 continue  # failed for good: counted by the generator
-            found = prompts.parse_instructions(text)[: g.instructions_per_request]
+            found = prompts.parse_instructions(text, truncated=cut)[: g.instructions_per_request]
             if not found:
                 store.drop("instruction", "unparsable", text[:500])
             for cand in found:
