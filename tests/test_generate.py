@@ -133,12 +133,34 @@ def test_self_instruct_tiny_model(tiny_model, tmp_path, data_dir):
 KEY = "test-secret-4711"
 
 
-class Teacher(ThreadingHTTPServer):
-    """POST /v1/chat/completions: answers "ANSWER(<last user message>)"; every third request fails with 500."""
+POOL = ["Write a limerick about a forgetful robot.", "Name three rivers in South America and their lengths.",
+        "Explain why ice floats on water.", "Convert 25 degrees Celsius to Fahrenheit and show the formula.",
+        "Suggest a weekend itinerary for a rainy city break.", "把这句话改写得更礼貌：把门关上。",
+        "Classify the following fruits by color.", "What are the main causes of inflation?",
+        "Draft a two-line toast for a colleague who is retiring.", "用三个词形容大海。",
+        "Describe the rules of tic-tac-toe for a child.", "Rank these planets by their distance from the sun."]
 
-    def __init__(self, delay: float = 0.0):
+
+def teacher_answer(prompt: str, n: int) -> str:
+    """Self-instruct requests get three new instructions from POOL (cycling, so later ones repeat) and three that the
+    filters drop (out of scope, a seed task, a near-copy of one); anything else gets ANSWER(prompt) as its output."""
+    if "diverse task instructions" in prompt:
+        new = [POOL[(3 * n + k) % len(POOL)] for k in range(3)]
+        extra = ["Describe the image below in one sentence.", "Give three tips for staying focused while studying.",
+                 "Give three useful tips for staying focused while studying."]
+        return "\n".join(f"{k + 4}. {t}" for k, t in enumerate(new + extra))
+    if "Here is a task instruction" in prompt:
+        return f" <noinput>\nOutput: ANSWER({prompt.split(chr(10))[2]})"
+    return f"ANSWER({prompt})"
+
+
+class Teacher(ThreadingHTTPServer):
+    """POST /v1/chat/completions: answers as teacher_answer says; every third request fails with 500.
+    `key`: the bearer key it requires (None: none)."""
+
+    def __init__(self, delay: float = 0.0, key: str | None = KEY):
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.delay, self.lock, self.log, self.n = delay, threading.Lock(), [], 0
+        self.delay, self.key, self.lock, self.log, self.n, self.ok = delay, key, threading.Lock(), [], 0, 0
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -159,11 +181,14 @@ class _Handler(BaseHTTPRequestHandler):
             fail = srv.n % 3 == 0
             srv.log.append((time.time(), prompt, "fail" if fail else "ok"))
         time.sleep(srv.delay)
-        if self.path != "/v1/chat/completions" or self.headers.get("Authorization") != f"Bearer {KEY}":
+        if self.path != "/v1/chat/completions" or (srv.key and self.headers.get("Authorization") != f"Bearer {srv.key}"):
             return self._send(401, {"error": "bad key or path"})
         if fail:
             return self._send(500, {"error": "overloaded"})
-        self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"ANSWER({prompt})"}}]})
+        with srv.lock:
+            n, srv.ok = srv.ok, srv.ok + 1
+        answer = teacher_answer(prompt, n)
+        self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]})
 
     def _send(self, code, obj):
         data = json.dumps(obj).encode()
@@ -239,6 +264,31 @@ def test_endpoint_refusal_is_a_clear_error(tmp_path, data_dir, monkeypatch):
     assert job.main([str(run_dir)]) == 1
     end = ev.final(ev.read_all(run_dir))
     assert end["event"] == "error" and "HTTP 401" in end["message"] and "STUDIO_TEST_KEY" in end["message"] and not end["traceback"]
+    teacher.shutdown()
+
+
+def test_self_instruct_over_an_endpoint_drops_with_reasons(tmp_path, data_dir):
+    from studio.generate import job
+
+    teacher = Teacher(key=None)
+    spec = specmod.load(None, ["task=generate", f"output_dir={tmp_path / 'si'}", f"data.dataset_dir={data_dir}",
+                               "generate.generator=endpoint", f"generate.base_url={teacher.url}", "generate.endpoint_model=t",
+                               "generate.num_instructions=7", "generate.batch_size=2", "generate.concurrency=2",
+                               "generate.output_dataset=si_endpoint"])
+    run_dir = launch.prepare(spec)
+    assert job.main([str(run_dir)]) == 0
+    end = ev.final(ev.read_all(run_dir))
+    kept = [k["instruction"] for k in store.read_jsonl(run_dir / store.INSTRUCTIONS)]
+    assert set(kept) <= set(POOL) and len(set(kept)) == 7  # the order depends on which requests failed first
+    for reason in ("out_of_scope", "duplicate", "similar"):
+        assert end["dropped"]["instruction"][reason] >= 1, end["dropped"]
+    report = json.loads((run_dir / store.REPORT).read_text())
+    like = report["examples"]["instruction/similar"][0]
+    assert like["like"] == "Give three tips for staying focused while studying." and like["rouge_l"] >= 0.7
+    records = json.loads((data_dir / "si_endpoint.json").read_text())
+    assert [r["instruction"] for r in records] == kept
+    assert all(r["input"] == "" and r["output"] == f"ANSWER({r['instruction']})" for r in records)
+    assert end["failed_requests"] >= 1
     teacher.shutdown()
 
 
