@@ -59,7 +59,8 @@ _STOP = re.compile(r"^\s*(?:\d{1,3}\s*[.)]\s*)?(?:input|output|输入|输出)\s*
 def parse_instructions(text: str, first_unnumbered: bool = True, truncated: bool = False) -> list[str]:
     """The instructions in a model's answer: one per line (numbered, bulleted or labelled), cleaned up.
 
-    `truncated`: the answer hit the token limit, so its last line is cut short and left out (as Alpaca does).
+    `truncated`: the answer hit the token limit, so its last line is cut short and left out (as Alpaca does), unless
+    it is the only one (then the length filters judge it).
     The request ends with the next number ("4."), so the first line of the answer is an instruction even without
     a number (`first_unnumbered`); after it, only numbered or bulleted lines count (the rest is chatter).
     """
@@ -77,7 +78,7 @@ def parse_instructions(text: str, first_unnumbered: bool = True, truncated: bool
         item = item.strip().strip('"“”「」*').strip()
         if item:
             out.append(item)
-    return out[:-1] if truncated else out
+    return out[:-1] if truncated and len(out) > 1 else out
 
 
 _INPUT = re.compile(r"^\s*(?:input|输入)\s*[:：]\s*", re.IGNORECASE | re.MULTILINE)
