@@ -36,7 +36,7 @@ def _studio(*args, timeout=900):
 def test_similarity_filter_keeps_what_the_all_pairs_rule_keeps():
     from generate import synthetic  # bench/generate.py: English and Chinese instructions, a third near-copies
 
-    texts = synthetic(400, seed=3)
+    texts = synthetic(300, seed=3)
     seeds = synthetic(20, seed=4)
     f = filters.Filters(0.7, [], 1, 10 ** 6)
     for s in seeds:
@@ -85,6 +85,11 @@ def test_parsing_the_answers():
     assert prompts.parse_instance(" <noinput>\nOutput: Paris is the capital.") == ("", "Paris is the capital.")
     assert prompts.parse_instance(" cat, dog\nOutput:\ndog, cat") == ("cat, dog", "dog, cat")
     assert prompts.parse_instance("Just an answer.") == ("", "Just an answer.")
+    assert prompts.parse_instructions("Sure, here is the list of 8 diverse task instructions:\n4. Name a colour.") == ["Name a colour."]
+    f = filters.Filters(0.7, [], 1, 99)
+    for line in prompts.requirement_lines():
+        f.add(line)
+    assert f.check("Mix the kinds of tasks: open-ended writing, classification, editing, question answering")[0] == "similar"
     req = prompts.instruction_request(["A.", "B."], 5)[0]["content"]
     assert "1. A.\n2. B.\n" in req and req.endswith("3.") and "7 diverse" in req
 

@@ -47,6 +47,13 @@ def instruction_request(examples: list[str], n_new: int) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+def requirement_lines() -> list[str]:
+    """The sentences of the request itself: indexed with the seeds, so that an answer echoing them is dropped as similar."""
+    text = INSTRUCTION_REQUEST.split("Here are the requirements:")[1].split("List of")[0]
+    return [_NUMBER.sub("", line).strip() for line in text.splitlines() if line.strip()] + \
+        [INSTRUCTION_REQUEST.split("\n")[0].format(total="N")]
+
+
 def instance_request(instruction: str) -> list[dict]:
     return [{"role": "user", "content": INSTANCE_REQUEST.format(instruction=instruction, noinput=NOINPUT)}]
 
@@ -76,7 +83,7 @@ def parse_instructions(text: str, first_unnumbered: bool = True, truncated: bool
             item = _NUMBER.sub("", item, count=1)
         item = _LABEL.sub("", item, count=1).strip()
         item = item.strip().strip('"“”「」*').strip()
-        if item:
+        if item and not item.endswith((":", "：")):  # "Sure, here is the list of tasks:" is a header, not a task
             out.append(item)
     return out[:-1] if truncated and len(out) > 1 else out
 

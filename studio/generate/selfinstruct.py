@@ -19,7 +19,7 @@ def run(spec, sources: list[dict], store, gen, progress, say) -> None:
     seeds = [s["instruction"] for s in sources]
     seeds = [s for s in dict.fromkeys(x.strip() for x in seeds) if s]
     filt = Filters(g.similarity_threshold, g.out_of_scope_words, g.min_words, g.max_words)
-    for s in seeds:
+    for s in seeds + prompts.requirement_lines():
         filt.add(s)
     for k in store.instructions:
         filt.add(k["instruction"])
