@@ -3,6 +3,7 @@
     studio train SPEC [key=value ...] [--dry-run] [--detach]
     studio eval SPEC [key=value ...]  |  studio eval score PREDICTIONS.jsonl
     studio export SPEC [key=value ...]
+    studio generate SPEC [key=value ...]
     studio chat [--model M] [--adapter PATH]
     studio data check [--dataset-dir DIR] [--stage sft|pt] [NAME ...]
     studio runs [--root runs]
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("studio.chat.cli").chat.cli.add_cli(sub)
     __import__("studio.evaluate.cli").evaluate.cli.add_cli(sub)
     __import__("studio.export.cli").export.cli.add_cli(sub)
+    __import__("studio.generate.cli").generate.cli.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
     return p
 

@@ -45,6 +45,7 @@ def validate(spec):
     if not 0 <= t.warmup_ratio < 1:
         bad("train.warmup_ratio: must be in [0, 1)")
     _validate_method(spec, bad)
+    _validate_generate(spec.generate, bad)
     if la.nproc_per_node < 1 or la.nnodes < 1:
         bad("launch.nproc_per_node and launch.nnodes: must be at least 1")
     if not 0 <= la.node_rank < la.nnodes:
@@ -132,3 +133,26 @@ def _validate_method(spec, bad) -> None:
         bad("train.max_grad_norm: must be 0 (no clipping) or more")
     if t.neftune_alpha is not None and t.neftune_alpha <= 0:
         bad("train.neftune_alpha: must be greater than 0 (5 is typical), or empty for off")
+
+
+def _validate_generate(g, bad) -> None:
+    for name in ("num_instructions", "num_prompt_instructions", "instructions_per_request", "batch_size", "max_rounds",
+                 "max_new_tokens", "concurrency", "min_words", "max_words"):
+        if getattr(g, name) < 1:
+            bad(f"generate.{name}: must be at least 1")
+    if g.retries < 0:
+        bad("generate.retries: must be 0 or more")
+    if g.min_words > g.max_words:
+        bad(f"generate.min_words ({g.min_words}) must not exceed generate.max_words ({g.max_words})")
+    if not 0 < g.similarity_threshold <= 1:
+        bad("generate.similarity_threshold: must be in (0, 1]; 0.7 is the Alpaca value")
+    if g.temperature < 0 or not 0 < g.top_p <= 1:
+        bad("generate.temperature: 0 or more; generate.top_p: in (0, 1]")
+    if g.timeout <= 0:
+        bad("generate.timeout: must be greater than 0 seconds")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", g.output_dataset or ""):
+        bad(f"generate.output_dataset: `{g.output_dataset}` is not a plain name (letters, digits, _ . -), e.g. my_generated")
+    if g.generator == "endpoint" and not (g.base_url and g.endpoint_model):
+        bad("generate.generator=endpoint needs generate.base_url (e.g. http://127.0.0.1:8000/v1) and generate.endpoint_model")
+    if g.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", g.api_key_env):
+        bad(f"generate.api_key_env: `{g.api_key_env}` is not an environment variable NAME (e.g. OPENAI_API_KEY); never put the key itself in a spec")

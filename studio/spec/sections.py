@@ -130,6 +130,42 @@ class ExportSpec:
     overwrite: bool = _f(False, "Replace an existing folder that is not an earlier export.")
 
 
+OUT_OF_SCOPE = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw", "plot",
+                "go to", "video", "audio", "music", "flowchart", "diagram"]
+
+
+@dataclass
+class GenerateSpec:
+    mode: str = _f("self_instruct", "self_instruct: grow new instructions from seed tasks, then write their inputs and outputs; "
+                   "answer: fill in (or replace) the outputs of an existing dataset's prompts with the generator's answers.",
+                   choices=["self_instruct", "answer"])
+    source: str = _f("seed_tasks", "Dataset (a name in data.dataset_dir/dataset_info.json): the seed tasks (self_instruct) or the prompts to answer (answer).")
+    output_dataset: str = _f("generated", "Name the result is registered under in dataset_info.json; the file is DATASET_DIR/<name>.json (alpaca format).")
+    overwrite: bool = _f(False, "Replace an existing dataset of that name (a restart of the same run folder may always replace its own).")
+    num_instructions: int = _f(40, "self_instruct: new instructions to keep (seed tasks not counted).")
+    num_prompt_instructions: int = _f(3, "self_instruct: example instructions shown in each request (sampled from seeds and kept ones).")
+    instructions_per_request: int = _f(8, "self_instruct: new instructions asked for in each request.")
+    batch_size: int = _f(8, "Requests per round: prompts generated together by the local model, or sent together to the endpoint.")
+    max_rounds: int = _f(30, "self_instruct: stop after this many rounds of instruction requests even if fewer instructions were kept.")
+    similarity_threshold: float = _f(0.7, "Drop an instruction whose ROUGE-L F-measure against any kept or seed instruction is at least this (0-1).")
+    out_of_scope_words: list = _f(OUT_OF_SCOPE, "Drop instructions that mention these words or phrases (what a text model cannot do); whole words, any case.")
+    min_words: int = _f(3, "Drop instructions with fewer words than this (Chinese text is counted in words, as the metrics cut it).")
+    max_words: int = _f(150, "Drop instructions with more words than this.")
+    replace_outputs: bool = _f(False, "answer: also replace outputs the dataset already has (false: only fill in empty ones).")
+    max_new_tokens: int = _f(256, "Longest text generated per request.")
+    temperature: float = _f(0.7, "Sampling temperature (0: greedy).")
+    top_p: float = _f(0.95, "Nucleus sampling: keep the smallest token set with this probability.")
+    seed: int = _f(42, "Seed for sampling and for choosing the example instructions.")
+    generator: str = _f("local", "Who writes: local (model.name_or_path with model.adapter, batched on this machine) or endpoint (an OpenAI-compatible server).",
+                        choices=["local", "endpoint"])
+    base_url: Optional[str] = _f(None, "endpoint: the server's base URL, e.g. http://127.0.0.1:8000/v1 (POST BASE_URL/chat/completions).")
+    endpoint_model: Optional[str] = _f(None, "endpoint: the model name the server expects.")
+    api_key_env: Optional[str] = _f(None, "endpoint: NAME of the environment variable that holds the API key (the key itself is never written to the run folder). Empty: no key.")
+    concurrency: int = _f(4, "endpoint: requests in flight at once.")
+    retries: int = _f(3, "endpoint: retries of a failed request (with exponential backoff) before it counts as failed.")
+    timeout: float = _f(120.0, "endpoint: seconds to wait for one answer.")
+
+
 @dataclass
 class LaunchSpec:
     nproc_per_node: int = _f(1, "Processes (GPUs) per node; more than 1 runs torchrun.")
@@ -143,7 +179,7 @@ class LaunchSpec:
 
 @dataclass
 class JobSpec:
-    task: str = _f("train", "What the job does: train, eval or export.", choices=["train", "eval", "export"])
+    task: str = _f("train", "What the job does: train, eval, export or generate.", choices=["train", "eval", "export", "generate"])
     output_dir: str = _f("runs/identity_lora", "The run folder: the spec, events, log and results go here.")
     model: ModelSpec = _sub(ModelSpec, "Which model to start from.")
     data: DataSpec = _sub(DataSpec, "Which data, and how it becomes token batches.")
@@ -151,6 +187,7 @@ class JobSpec:
     train: TrainSpec = _sub(TrainSpec, "Optimisation and checkpointing.")
     eval: EvalSpec = _sub(EvalSpec, "Generation and scoring (task eval).")
     export: ExportSpec = _sub(ExportSpec, "Merging and conversion (task export).")
+    generate: GenerateSpec = _sub(GenerateSpec, "Data generation: self-instruct or answers from a teacher (task generate).")
     launch: LaunchSpec = _sub(LaunchSpec, "Processes, devices and DeepSpeed.")
 
     def __post_init__(self):
