@@ -86,6 +86,12 @@ def ceiling(args: list[str], steps: int) -> dict:
     model = methods.apply(spec, models.load_model(spec.model, "bf16").cuda())
     model.config.use_cache = False
     trainer = SFTTrainer(model=model, args=sft_config(spec, Path(tempfile.mkdtemp()), False), train_dataset=train, processing_class=tok)
+    from studio import plan
+
+    if plan.plan(spec, plan.Hardware.detect()).packed_rows:  # the batches studio train makes: packed rows, not one giant row
+        from studio.packed_rows import use_rows
+
+        use_rows(trainer)
     batches = []
     for b in trainer.get_train_dataloader():
         batches.append({k: v.cuda() for k, v in b.items() if k in ("input_ids", "labels", "attention_mask", "position_ids")})

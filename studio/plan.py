@@ -8,6 +8,7 @@ shows `Plan.text()` before Start) say the same thing. `Hardware.detect()` import
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -61,16 +62,8 @@ class Hardware:
     @classmethod
     def light(cls, devices: str | None = None) -> "Hardware":
         """Without torch: nvidia-smi's first GPU (or the one `launch.devices` names first); the CPU if none."""
-        exe = shutil.which("nvidia-smi")
-        if devices == "cpu" or not exe:
-            return cls(**cls._packages())
-        try:
-            res = subprocess.run([exe, "--query-gpu=index,name,compute_cap", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return cls(**cls._packages())
-        rows = [[p.strip() for p in line.split(",")] for line in res.stdout.strip().splitlines() if line.count(",") >= 2]
-        if res.returncode != 0 or not rows:
+        rows = [] if devices == "cpu" else _smi_rows()
+        if not rows:
             return cls(**cls._packages())
         first = (devices or "").split(",")[0].strip()
         row = next((r for r in rows if r[0] == first), rows[0])
@@ -79,6 +72,21 @@ class Hardware:
         except ValueError:
             cap = None
         return cls(cuda=True, name=row[1], capability=cap, **cls._packages())
+
+
+@functools.lru_cache(maxsize=1)
+def _smi_rows() -> tuple:
+    """(index, name, compute capability) of each GPU as nvidia-smi lists them; empty without nvidia-smi."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return ()
+    try:
+        res = subprocess.run([exe, "--query-gpu=index,name,compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    if res.returncode != 0:
+        return ()
+    return tuple(tuple(p.strip() for p in line.split(",")) for line in res.stdout.strip().splitlines() if line.count(",") >= 2)
 
 
 @dataclass

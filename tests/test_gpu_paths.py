@@ -117,3 +117,33 @@ def test_packed_rows_keep_examples_apart(tiny_model):
         for row, start, x in ((0, 0, a), (0, 7, b), (1, 0, c)):
             alone = model(input_ids=torch.tensor([x])).logits[0]
             assert torch.allclose(out[row, start:start + len(x)], alone, atol=1e-4), "an example attended across a boundary"
+
+
+def test_gpu_check_lists_every_path_with_its_command(tmp_path):
+    """The check script's dry run (any machine) names every GPU path and the exact command; without a GPU it says so."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--work", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    for words in ("LoRA bf16, padded", "LoRA bf16, packed", "QLoRA 4-bit", "QLoRA 8-bit", "full bf16", "freeze", "prompt-style",
+                  "ZeRO-2", "ZeRO-3", "resume", "Abort leaves no process", "batch 1 vs 32", "chat streaming",
+                  "export: merge, verify, GGUF", "memory estimate", "MFU (6N), 0.5B", "MFU (6N), 1.5B"):
+        assert words in r.stdout, words
+    assert r.stdout.count(f"-m studio train {tmp_path / 'job.yaml'}") >= 12 and "launch.deepspeed=z3" in r.stdout
+    assert "-m studio eval" in r.stdout and "eval.batch_size=32" in r.stdout and "-m studio export" in r.stdout
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--work", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr and "--dry-run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_tab_shows_the_plan_next_to_the_memory_estimate():
+    from studio.ui import launch_fields
+
+    text = launch_fields.estimate_text(_spec("launch.devices=cpu"))
+    assert "GiB per GPU" in text and "**will use:** on CPU: padded batches grouped by length with SDPA attention, fp32" in text
+    assert "**will not start:** train.liger_kernel" in launch_fields.estimate_text(_spec("launch.devices=cpu", "train.liger_kernel=true"))
