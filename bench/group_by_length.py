@@ -51,7 +51,10 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "group_by_length.json"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a machine other jobs keep busy)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     model, grouped = batches(True)
     _, plain = batches(False)
     runs = {}
@@ -62,6 +65,8 @@ def main() -> None:
         runs[name] = {"m": m, "opt": opt, "sched": sched, "batches": bs, "times": [], "losses": [],
                       "positions": sum(b["input_ids"].numel() for b in bs), "real": sum(int(b["attention_mask"].sum()) for b in bs)}
     steps = len(grouped) // 2
+    print(f"{len(grouped)} and {len(plain)} micro-batches; positions {runs['grouped']['positions']} grouped, "
+          f"{runs['random']['positions']} random", flush=True)
     for s in range(steps):
         for name, r in runs.items():
             group = r["batches"][2 * s:2 * s + 2]
