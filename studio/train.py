@@ -209,6 +209,10 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     methods.setup_reporting(spec, run_dir)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                          callbacks=[callback, *methods.callbacks(spec), *callbacks], optimizers=methods.optimizers(spec, model, args))
+    if the_plan.group_by_length:
+        from studio.grouping import use_global_groups
+
+        use_global_groups(trainer)
     if the_plan.packed_rows:
         from studio.packed_rows import use_rows
 

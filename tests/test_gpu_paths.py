@@ -147,3 +147,23 @@ def test_train_tab_shows_the_plan_next_to_the_memory_estimate():
     text = launch_fields.estimate_text(_spec("launch.devices=cpu"))
     assert "GiB per GPU" in text and "**will use:** on CPU: padded batches grouped by length with SDPA attention, fp32" in text
     assert "**will not start:** train.liger_kernel" in launch_fields.estimate_text(_spec("launch.devices=cpu", "train.liger_kernel=true"))
+
+
+def test_length_groups_are_cut_for_the_global_batch():
+    """1 process x batch 4 and 2 processes x batch 2 draw the same order; every global batch has similar lengths."""
+    from datasets import Dataset
+
+    from studio.grouping import sampler
+
+    lengths = [(i * 37) % 200 + 5 for i in range(64)]
+    ds = Dataset.from_dict({"input_ids": [[1] * n for n in lengths]})
+
+    def order(per_device, world):
+        args = types.SimpleNamespace(per_device_train_batch_size=per_device, gradient_accumulation_steps=2, world_size=world,
+                                     data_seed=None, seed=42)
+        return list(sampler(types.SimpleNamespace(args=args, train_dataset=ds)))
+
+    one, two = order(4, 1), order(2, 2)
+    assert one == two and sorted(one) == list(range(64)) and one != list(range(64))
+    spread = sum(max(lengths[i] for i in one[k:k + 4]) - min(lengths[i] for i in one[k:k + 4]) for k in range(0, 64, 4))
+    assert spread < 0.5 * sum(max(lengths[k:k + 4]) - min(lengths[k:k + 4]) for k in range(0, 64, 4))  # less padding than unsorted
