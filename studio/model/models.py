@@ -135,10 +135,14 @@ def load_model(spec_model, dtype_name: str = "auto", for_training: bool = False,
     dtype = compute_dtype(dtype_name)
     path = resolve(spec_model.name_or_path)
     qconf = quantization_config(spec_model, dtype)
-    kwargs = dict(dtype=dtype, trust_remote_code=spec_model.trust_remote_code)
+    from studio.model import plan
+
+    attn = plan.attn_implementation(getattr(spec_model, "attn_implementation", "auto"), plan.Hardware.detect())
+    kwargs = dict(dtype=dtype, trust_remote_code=spec_model.trust_remote_code, attn_implementation=attn)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-        kwargs["device_map"] = device_map or ({"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"})
+        # each torchrun rank on its own GPU: the trainer has not set the current device yet when the model loads
+        kwargs["device_map"] = device_map or plan.local_device_map(torch.cuda.is_available())
     elif device_map:
         kwargs["device_map"] = device_map
     try:

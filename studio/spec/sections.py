@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from studio.spec.fields import FINETUNING_TYPES, OPTIMIZERS, SCHEDULERS, _f, _sub
+from studio.spec.fields import ATTN_IMPLEMENTATIONS, FINETUNING_TYPES, OPTIMIZERS, SCHEDULERS, _f, _sub
 
 
 @dataclass
@@ -15,6 +15,7 @@ class ModelSpec:
     quantization_bit: Optional[int] = _f(None, "Load the base model in 4 or 8 bits with bitsandbytes (QLoRA). Empty: no quantization.", choices=[None, 4, 8])
     quantization_type: str = _f("nf4", "4-bit data type: nf4 or fp4.", choices=["nf4", "fp4"])
     double_quantization: bool = _f(True, "Quantize the 4-bit quantization constants too (saves ~0.4 bit per weight).")
+    attn_implementation: str = _f("auto", "Attention kernel: auto (FlashAttention 3/2 on a GPU when the flash-attn package is installed, else SDPA), eager, sdpa, flash_attention_2, flash_attention_3, flex_attention.", choices=ATTN_IMPLEMENTATIONS)
     trust_remote_code: bool = _f(False, "Allow model code from the model folder to run (only for models you trust).")
 
 
@@ -27,6 +28,7 @@ class DataSpec:
     max_samples: Optional[int] = _f(None, "Use at most this many examples from each dataset. Empty: all.")
     cutoff_len: int = _f(1024, "Maximum tokens per example; longer examples are cut (prompt first, then answer).")
     packing: bool = _f(False, "Pack several examples into one row (they cannot attend to each other) instead of padding each batch.")
+    group_by_length: bool = _f(True, "Without packing: put examples of similar length in the same batch (less padding, faster; the order stays random across batches).")
     train_on_prompt: bool = _f(False, "Compute the loss on prompt tokens too, not only on assistant answers.")
     mask_history: bool = _f(False, "Compute the loss on the last assistant turn only (earlier turns are context).")
     seed_shuffle: bool = _f(True, "Shuffle the training examples (with train.seed).")
@@ -93,6 +95,7 @@ class TrainSpec:
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).")
     optim: str = _f("adamw_torch", "Optimizer.", choices=OPTIMIZERS)
     compute_dtype: str = _f("auto", "Precision of the computation: auto (bf16 on GPUs that have it, else fp32), bf16, fp16, fp32.", choices=["auto", "bf16", "fp16", "fp32"])
+    liger_kernel: bool = _f(False, "Liger kernels (fused RMSNorm, RoPE, SwiGLU) on a CUDA GPU; needs the liger-kernel package. Not on the CPU.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
     neftune_alpha: Optional[float] = _f(None, "NEFTune: noise added to embeddings during training (5 is typical). Empty: off.")
     logging_steps: int = _f(1, "Write a loss point every this many steps.")
