@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("studio.evaluate").evaluate.add_cli(sub)
     __import__("studio.export").export.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
+    __import__("studio.serve.cli").serve.cli.add_cli(sub)
     return p
 
 

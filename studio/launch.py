@@ -27,7 +27,7 @@ from studio import runs
 from studio import spec as specmod
 from studio.spec import JobSpec
 
-ENTRY = {"train": "studio.train", "eval": "studio.evaluate", "export": "studio.export"}
+ENTRY = {"train": "studio.train", "eval": "studio.evaluate", "export": "studio.export", "serve": "studio.serve.job"}
 DEFAULT_PORT = 29500  # torchrun's own default; every node of a multi-node job must use the same port
 ERROR_FILE = "error-rank{rank}.json"  # what a failing rank leaves behind (only rank 0 writes events)
 

@@ -166,6 +166,18 @@ class ExportSpec:
 
 
 @dataclass
+class ServeSpec:
+    adapters: list = _f([], "Adapters served beside the base model, each as NAME=PATH (PATH: a run folder, adapter, checkpoint or "
+                            "export); a request's `model` picks one by NAME, the base model by its own name.")
+    host: str = _f("127.0.0.1", "Address to listen on. 127.0.0.1: this machine only; any other address needs an API key "
+                                "(--api-key, or the environment variable STUDIO_API_KEY; never stored in the spec).")
+    port: int = _f(8000, "TCP port of the API (http://HOST:PORT/v1).")
+    max_batch_size: int = _f(16, "Requests generated together per model; more wait for a free row.")
+    max_tokens: int = _f(512, "Longest answer, in tokens, when a request does not give max_tokens.")
+    stats_every: float = _f(10.0, "Seconds between two `stats` events (requests served, tokens/s) while requests come.")
+
+
+@dataclass
 class LaunchSpec:
     nproc_per_node: int = _f(1, "Processes (GPUs) per node; more than 1 runs torchrun.")
     nnodes: int = _f(1, "Number of machines.")
@@ -178,7 +190,7 @@ class LaunchSpec:
 
 @dataclass
 class JobSpec:
-    task: str = _f("train", "What the job does: train, eval or export.", choices=["train", "eval", "export"])
+    task: str = _f("train", "What the job does: train, eval, export or serve.", choices=["train", "eval", "export", "serve"])
     output_dir: str = _f("runs/identity_lora", "The run folder: the spec, events, log and results go here.")
     model: ModelSpec = _sub(ModelSpec, "Which model to start from.")
     data: DataSpec = _sub(DataSpec, "Which data, and how it becomes token batches.")
@@ -186,6 +198,7 @@ class JobSpec:
     train: TrainSpec = _sub(TrainSpec, "Optimisation and checkpointing.")
     eval: EvalSpec = _sub(EvalSpec, "Generation and scoring (task eval).")
     export: ExportSpec = _sub(ExportSpec, "Merging and conversion (task export).")
+    serve: ServeSpec = _sub(ServeSpec, "The OpenAI-compatible API server (task serve).")
     launch: LaunchSpec = _sub(LaunchSpec, "Processes, devices and DeepSpeed.")
 
     def __post_init__(self):
@@ -454,6 +467,11 @@ def validate(spec: JobSpec) -> JobSpec:
         raise SpecError(f"launch.deepspeed: `{la.deepspeed}` is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a .json path")
     if la.deepspeed and mo.quantization_bit is not None and la.deepspeed.startswith("z3"):
         raise SpecError("launch.deepspeed z3 with model.quantization_bit: ZeRO-3 cannot shard bitsandbytes weights; use z2")
+    sv = spec.serve
+    if not 1 <= sv.port <= 65535:
+        raise SpecError(f"serve.port: {sv.port} is not a TCP port (1-65535)")
+    if sv.max_batch_size < 1 or sv.max_tokens < 1 or sv.stats_every <= 0:
+        raise SpecError("serve.max_batch_size and serve.max_tokens: at least 1; serve.stats_every: above 0")
     ex = spec.export
     bad = [q for q in ex.gguf if q not in ("f32", "f16", "bf16", "q8_0")]
     if bad:
