@@ -72,6 +72,7 @@ class Source:
     label: str
     note: str = ""
     quantization_bit: int | None = None
+    forced_quantization: bool = False  # asked for (--quantization-bit): also on a CPU
 
 
 def _run_spec(folder: Path) -> dict:
@@ -209,12 +210,17 @@ class ChatSession:
     def label(self) -> str:
         return self.source.label if self.source else ""
 
-    def load(self, model: str | None = None, adapter: str | None = None, template: str | None = None) -> str:
-        """Load a model, releasing the one loaded before. Bad input raises before anything is released."""
+    def load(self, model: str | None = None, adapter: str | None = None, template: str | None = None,
+             quantization_bit: int | None = None) -> str:
+        """Load a model, releasing the one loaded before. Bad input raises before anything is released.
+        `quantization_bit` (4 or 8) loads the base quantized with bitsandbytes, on a CPU too."""
         from studio.data.templates import Template
 
         with self._load_lock:
             src = resolve(model, adapter, template)
+            if quantization_bit is not None:
+                models.check_quantization(quantization_bit)
+                src.quantization_bit, src.forced_quantization = quantization_bit, True
             tok = models.load_tokenizer(src.model)
             if src.adapter is not None and (src.adapter / "tokenizer_config.json").exists():
                 tok = _adapter_tokenizer(src.adapter, tok)  # saved with the adapter, with the template it trained with
@@ -233,7 +239,7 @@ class ChatSession:
         from studio.spec import ModelSpec
 
         cuda = torch.cuda.is_available()
-        spec_model = ModelSpec(name_or_path=src.model, quantization_bit=src.quantization_bit if cuda else None)
+        spec_model = ModelSpec(name_or_path=src.model, quantization_bit=src.quantization_bit if cuda or src.forced_quantization else None)
         model = models.load_model(spec_model, "auto")
         if cuda and not spec_model.quantization_bit:
             model = model.to("cuda")
@@ -344,6 +350,8 @@ def add_cli(sub) -> None:
     c.add_argument("--adapter", default=None, help="an adapter folder or a run folder (brings its base model and template)")
     c.add_argument("--template", default=None, help="prompt template (default: the run's, else auto)")
     c.add_argument("--system", default="", help="system prompt")
+    c.add_argument("--quantization-bit", type=int, choices=[4, 8], default=None,
+                   help="load the base model in 4 or 8 bits with bitsandbytes (less memory; on a CPU, slower)")
     for f in fields(GenParams):
         c.add_argument("--" + f.name.replace("_", "-"), type=int if f.name in ("top_k", "max_new_tokens", "seed") else float,
                        default=f.default, help=f.metadata["help"])
@@ -367,7 +375,7 @@ def cmd_chat(args) -> int:
     _quiet()
     session = ChatSession()
     print("loading ...", file=sys.stderr, flush=True)
-    print(session.load(args.model, args.adapter, args.template), file=sys.stderr, flush=True)
+    print(session.load(args.model, args.adapter, args.template, args.quantization_bit), file=sys.stderr, flush=True)
     params = GenParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens, args.repetition_penalty, args.seed).check()
     history: list[dict] = []
     failed = 0

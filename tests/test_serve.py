@@ -240,3 +240,21 @@ def test_an_open_host_without_a_key_is_refused(tiny_model, tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 2 and "--api-key" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything started
+
+
+def test_chat_loads_the_base_quantized_and_says_when_it_cannot(tiny_model, monkeypatch):
+    from studio.chat import ChatSession, GenParams
+    from studio.models import ModelError, check_quantization
+
+    session = ChatSession()
+    session.load(str(tiny_model), quantization_bit=8)
+    try:
+        assert any(type(m).__name__ == "Linear8bitLt" for m in session.model.modules())
+        assert session.reply([], "Hello", params=GenParams(max_new_tokens=3, temperature=0)) is not None
+    finally:
+        session.unload()
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as on a machine where it cannot load
+    with pytest.raises(ModelError, match="--quantization-bit 4 needs bitsandbytes"):
+        check_quantization(4)
+    with pytest.raises(ModelError, match="choose 4 or 8"):
+        check_quantization(3)
