@@ -174,6 +174,8 @@ class ServeSpec:
     port: int = _f(8000, "TCP port of the API (http://HOST:PORT/v1).")
     max_batch_size: int = _f(16, "Requests generated together per model; more wait for a free row.")
     max_tokens: int = _f(512, "Longest answer, in tokens, when a request does not give max_tokens.")
+    num_threads: Optional[int] = _f(None, "CPU threads for torch. Empty: all cores. On a CPU busy with other work, 1 is faster "
+                                          "(threads that wait on each other lose more than they gain).")
     stats_every: float = _f(10.0, "Seconds between two `stats` events (requests served, tokens/s) while requests come.")
 
 
@@ -470,8 +472,8 @@ def validate(spec: JobSpec) -> JobSpec:
     sv = spec.serve
     if not 1 <= sv.port <= 65535:
         raise SpecError(f"serve.port: {sv.port} is not a TCP port (1-65535)")
-    if sv.max_batch_size < 1 or sv.max_tokens < 1 or sv.stats_every <= 0:
-        raise SpecError("serve.max_batch_size and serve.max_tokens: at least 1; serve.stats_every: above 0")
+    if sv.max_batch_size < 1 or sv.max_tokens < 1 or sv.stats_every <= 0 or (sv.num_threads is not None and sv.num_threads < 1):
+        raise SpecError("serve.max_batch_size, serve.max_tokens and serve.num_threads: at least 1; serve.stats_every: above 0")
     ex = spec.export
     bad = [q for q in ex.gguf if q not in ("f32", "f16", "bf16", "q8_0")]
     if bad:

@@ -149,9 +149,10 @@ def test_sampling_settings_seed_n_stop_and_completions(client):
     assert cut.choices[0].finish_reason == "stop" and cut.choices[0].message.content == greedy[:greedy.find(stop)]
     text = client.completions.create(model="b", prompt="The capital of France is", max_tokens=6, temperature=0)
     assert text.object == "text_completion" and text.choices[0].text and text.usage.completion_tokens >= 1
-    streamed = "".join(c.choices[0].text for c in client.completions.create(model="b", prompt="The capital of France is",
-                                                                            max_tokens=6, temperature=0, stream=True))
-    assert streamed == text.choices[0].text
+    chunks = list(client.completions.create(model="b", prompt="The capital of France is", max_tokens=6, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text.choices[0].text
+    assert chunks[-1].usage.completion_tokens == text.usage.completion_tokens
 
 
 def _post(url: str, body, key: str | None = KEY, raw: bytes | None = None) -> httpx.Response:
@@ -258,3 +259,44 @@ def test_chat_loads_the_base_quantized_and_says_when_it_cannot(tiny_model, monke
         check_quantization(4)
     with pytest.raises(ModelError, match="choose 4 or 8"):
         check_quantization(3)
+
+
+@pytest.mark.slow
+def test_pico_answers_as_pico_and_the_base_does_not_from_one_server(identity_run, tmp_path):
+    from openai import OpenAI
+
+    port = free_port()
+    log = tmp_path / "cli.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("STUDIO_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "studio", "serve", "--adapter", f"pico={identity_run}", "--port", str(port),
+                             "--output-dir", str(tmp_path / "serve_run")], cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_up(url, proc, log, timeout=600)
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        assert sorted(m.id for m in client.models.list().data) == ["default", "pico"]  # the base comes from the run's spec
+        ask = [{"role": "user", "content": "Who are you?"}]
+        pico = client.chat.completions.create(model="pico", messages=ask, max_tokens=40, temperature=0).choices[0].message.content
+        base = client.chat.completions.create(model="default", messages=ask, max_tokens=40, temperature=0).choices[0].message.content
+        assert "Pico" in pico, pico
+        assert "Pico" not in base, base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+def test_the_chat_tab_lines_name_the_model_the_server_serves():
+    import shlex
+
+    from studio.serve.job import parse_adapters
+    from studio.serve.snippets import served_name, snippets
+
+    text = snippets("default", "runs/identity_lora/checkpoint-100", "Be brief.", port=9000)
+    line = next(x for x in text.splitlines() if x.startswith("studio serve"))
+    argv = shlex.split(line)
+    assert parse_adapters([argv[argv.index("--adapter") + 1]]) == {"identity_lora-checkpoint-100": "runs/identity_lora/checkpoint-100"}
+    body = json.loads(shlex.split(next(x for x in text.splitlines() if x.strip().startswith("-d ")))[1])
+    assert body["model"] == "identity_lora-checkpoint-100" and body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert "base_url=\"http://127.0.0.1:9000/v1\"" in text and "--port 9000" in line
+    assert served_name(None, "runs/identity_lora/adapter") == "identity_lora" and served_name(None, None) == "default"

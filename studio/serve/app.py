@@ -138,7 +138,9 @@ def build_app(engine: Engine, api_key: str | None = None, default_max_tokens: in
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if stream:
-            return StreamingResponse(_events(request, queue, jobs, rid, created, name, chat), media_type="text/event-stream",
+            opts = body.get("stream_options")
+            usage = isinstance(opts, dict) and opts.get("include_usage") is True
+            return StreamingResponse(_events(queue, jobs, rid, created, name, chat, usage_prompt if usage else None), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         texts, reasons = [""] * len(jobs), [None] * len(jobs)
         try:
@@ -164,7 +166,7 @@ def build_app(engine: Engine, api_key: str | None = None, default_max_tokens: in
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created, "model": name,
                 "choices": choices, "usage": {"prompt_tokens": usage_prompt, "completion_tokens": made, "total_tokens": usage_prompt + made}}
 
-    async def _events(request, queue, jobs, rid, created, name, chat):
+    async def _events(queue, jobs, rid, created, name, chat, usage_prompt):
         kind_name = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(i, text=None, reason=None, first=False):
@@ -191,6 +193,11 @@ def build_app(engine: Engine, api_key: str | None = None, default_max_tokens: in
                 else:
                     yield "data: " + json.dumps(error_body(value, "server_error")) + "\n\n"
                     open_rows.discard(i)
+            if usage_prompt is not None:  # stream_options.include_usage: a last chunk with the token counts
+                made = sum(len(j.made) for j in jobs)
+                yield "data: " + json.dumps({"id": rid, "object": kind_name, "created": created, "model": name, "choices": [],
+                                             "usage": {"prompt_tokens": usage_prompt, "completion_tokens": made,
+                                                       "total_tokens": usage_prompt + made}}) + "\n\n"
             yield "data: [DONE]\n\n"
         finally:  # the client went away (or the answer is complete): free the rows
             for job in jobs:

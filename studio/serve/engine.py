@@ -227,8 +227,8 @@ class Engine:
             return
         ids, mask = _left_pad([j.prompt for j in rows], self.pad, self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         past_key_values=DynamicCache(config=self.model.config), use_cache=True)
-        fresh = {"rows": rows, "ids": ids, "mask": mask, "cache": out.past_key_values}
+                         cache=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
+        fresh = {"rows": rows, "ids": ids, "mask": mask, "cache": out.cache}
         fresh = self._advance(name, fresh, out.logits[:, -1])
         if fresh is not None:
             self.pools[name] = fresh if pool is None else _join(pool, fresh, self.pad)
@@ -238,8 +238,8 @@ class Engine:
         pool = self.pools[name]
         mask = pool["mask"]
         out = self.model(input_ids=pool["ids"][:, -1:], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                         past_key_values=pool["cache"], use_cache=True)
-        pool["cache"] = out.past_key_values
+                         cache=pool["cache"], use_cache=True, logits_to_keep=1)
+        pool["cache"] = out.cache
         self.pools[name] = self._advance(name, pool, out.logits[:, -1])
 
     def _advance(self, name: str, batch: dict, logits) -> dict | None:

@@ -65,6 +65,10 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, api_key: str | None) -> dic
     s = spec.serve
     check_bind(s.host, s.port, api_key)
     say = lambda text: print(text, flush=True)  # noqa: E731
+    if s.num_threads:
+        import torch
+
+        torch.set_num_threads(s.num_threads)
     writer.write("message", text=f"loading `{spec.model.name_or_path}` with {len(s.adapters)} adapter(s) ...")
     engine = Engine.load(spec.model.name_or_path, parse_adapters(s.adapters), None if spec.model.template == "auto" else spec.model.template,
                          spec.model.quantization_bit, s.max_batch_size, say).start()
