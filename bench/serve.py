@@ -6,7 +6,7 @@
 Starts `studio serve --model MODEL` as a user would, then: five streamed requests one after another on the idle
 server (time to the first piece of the answer); for each number of clients, that many clients each send
 `--requests` streamed chat requests one after another (prompts from data/alpaca_demo.json, greedy,
-max_tokens). Reported: generated tokens/s over all clients (from each stream's usage), request latency p50 and
+max_tokens, every answer max_tokens long unless --natural). Reported: generated tokens/s over all clients (from each stream's usage), request latency p50 and
 p95, first-token latency p50. Writes one JSON record.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+IGNORE_EOS = True  # every answer is max_tokens long (as vLLM's benchmarks do), so that each level does the same work
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -36,7 +37,8 @@ def one_request(client, model: str, prompt: str, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     first, tokens = None, 0
     stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                            temperature=0, stream=True, stream_options={"include_usage": True})
+                                            temperature=0, stream=True, stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True} if IGNORE_EOS else None)
     for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
             first = time.perf_counter() - t0
@@ -66,9 +68,12 @@ def main() -> int:
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--natural", action="store_true", help="stop answers at the end of turn (lengths then vary by prompt)")
     ap.add_argument("--threads", type=int, default=None, help="serve.num_threads (torch CPU threads of the server)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve.json"))
     args = ap.parse_args()
+    global IGNORE_EOS
+    IGNORE_EOS = not args.natural
 
     import httpx
     from openai import OpenAI
@@ -110,7 +115,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     one = rows[0]["tokens_per_second"] if rows and rows[0]["clients"] == 1 else None
-    record = {"bench": "serve", "model": args.model, "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_client": args.requests, **first,
+    record = {"bench": "serve", "model": args.model, "threads": args.threads, "ignore_eos": IGNORE_EOS, "max_tokens": args.max_tokens, "requests_per_client": args.requests, **first,
               "levels": rows, "speedup_vs_1_client": {r["clients"]: round(r["tokens_per_second"] / one, 2) for r in rows} if one else None,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
               "t": time.strftime("%Y-%m-%d %H:%M:%S")}

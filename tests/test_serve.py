@@ -147,6 +147,8 @@ def test_sampling_settings_seed_n_stop_and_completions(client):
     stop = greedy.strip()[3:5]
     cut = client.chat.completions.create(model="a", messages=HELLO, max_tokens=10, temperature=0, stop=[stop])
     assert cut.choices[0].finish_reason == "stop" and cut.choices[0].message.content == greedy[:greedy.find(stop)]
+    fixed = client.chat.completions.create(model="a", messages=HELLO, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+    assert fixed.usage.completion_tokens == 10 and fixed.choices[0].finish_reason == "length"
     text = client.completions.create(model="b", prompt="The capital of France is", max_tokens=6, temperature=0)
     assert text.object == "text_completion" and text.choices[0].text and text.usage.completion_tokens >= 1
     chunks = list(client.completions.create(model="b", prompt="The capital of France is", max_tokens=6, temperature=0, stream=True,

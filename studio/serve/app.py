@@ -129,7 +129,7 @@ def build_app(engine: Engine, api_key: str | None = None, default_max_tokens: in
             for k in range(n):
                 index = p * n + k
                 job_params = Params(params.temperature, params.top_p, min(params.max_tokens, engine.limit - len(ids)), params.stop,
-                                    None if params.seed is None else params.seed + k)
+                                    None if params.seed is None else params.seed + k, params.ignore_eos)
                 emit = (lambda i: lambda kind, value: loop.call_soon_threadsafe(queue.put_nowait, (i, kind, value)))(index)
                 jobs.append(Job(name, ids, job_params, emit))
         for job in jobs:
@@ -290,4 +290,7 @@ def _params(body: dict, default_max_tokens: int) -> tuple[Params, int, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream: expected true or false", "stream")
-    return Params(temperature, top_p, max_tokens, stop, None if seed is None else seed % 2**62), n, stream
+    ignore_eos = body.get("ignore_eos", False)  # as vLLM: answers of exactly max_tokens, for benchmarks
+    if not isinstance(ignore_eos, bool):
+        raise ApiError(400, "ignore_eos: expected true or false", "ignore_eos")
+    return Params(temperature, top_p, max_tokens, stop, None if seed is None else seed % 2**62, ignore_eos), n, stream

@@ -31,6 +31,7 @@ class Params:
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # go on past the end of turn up to max_tokens (fixed-length benchmarks)
 
 
 @dataclass
@@ -271,7 +272,7 @@ class Engine:
         if job.cancelled.is_set():
             self.stats.cancelled += 1
             return False
-        ended = token in self.stop_ids[name]
+        ended = token in self.stop_ids[name] and not job.params.ignore_eos
         if not ended:
             job.made.append(token)
         text = self.tokenizer.decode(job.made, skip_special_tokens=True)
