@@ -135,6 +135,14 @@ def test_chat_from_the_base_and_from_adapters_streamed_and_not(client, server):
     assert answers[server["base"]] == _reference(server, None, HELLO, 12)
     assert answers["a"] == _reference(server, server["a"], HELLO, 12)
     assert answers["b"] == _reference(server, server["b"], HELLO, 12, template="alpaca")
+    # together, with prompts of other lengths beside them (left-padded into one batch per adapter): the same answers
+    longer = [{"role": "user", "content": "Write three long sentences about the sea, the wind and the mountains."}]
+    asks = [(name, msgs) for name in answers for msgs in (HELLO, longer, HELLO)]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(lambda a: client.chat.completions.create(model=a[0], messages=a[1], max_tokens=12, temperature=0), asks))
+    for (name, msgs), r in zip(asks, together):
+        if msgs is HELLO:
+            assert r.choices[0].message.content == answers[name], name
 
 
 def test_sampling_settings_seed_n_stop_and_completions(client):
