@@ -310,3 +310,29 @@ def test_the_chat_tab_lines_name_the_model_the_server_serves():
     assert body["model"] == "identity_lora-checkpoint-100" and body["messages"][0] == {"role": "system", "content": "Be brief."}
     assert "base_url=\"http://127.0.0.1:9000/v1\"" in text and "--port 9000" in line
     assert served_name(None, "runs/identity_lora/adapter") == "identity_lora" and served_name(None, None) == "default"
+
+
+def test_the_page_starts_a_server_as_a_job_and_stops_it(tiny_model, tmp_path, monkeypatch):
+    from studio.ui import jobs, serve_panel
+
+    monkeypatch.chdir(tmp_path)  # the web UI's working folder
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    port = free_port()
+    spec = serve_panel.server_spec(tmp_path, tmp_path / "runs", str(tiny_model), None, port)
+    assert spec.task == "serve" and spec.serve.host == "127.0.0.1" and spec.output_dir.startswith("runs/")
+    run_dir = str(jobs.start(spec, tmp_path, tmp_path / "runs"))
+    try:
+        deadline = time.time() + 240
+        while "serving" not in serve_panel.status(run_dir) and time.time() < deadline:
+            assert "failed" not in serve_panel.status(run_dir), (Path(run_dir) / "output.log").read_text()[-2000:]
+            time.sleep(0.5)
+        assert f"http://127.0.0.1:{port}/v1" in serve_panel.status(run_dir)
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json()["models"] == [tiny_model.name]
+    finally:
+        jobs.stop(run_dir)
+    deadline = time.time() + 60
+    while ev.final(ev.read_all(run_dir)) is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert ev.final(ev.read_all(run_dir))["event"] == "done" and "stopped" in serve_panel.status(run_dir)
+    with pytest.raises(Exception, match="not found"):
+        serve_panel.server_spec(tmp_path, tmp_path / "runs", None, "runs/missing", port)

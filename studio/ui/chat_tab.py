@@ -20,7 +20,7 @@ from studio.chat import ChatSession, GenParams
 from studio.data import collect, registry
 from studio.errors import is_user_error
 from studio.serve.snippets import snippets
-from studio.ui import app, jobs
+from studio.ui import app, jobs, serve_panel
 
 TITLE = "Chat"
 SESSIONS = {"a": ChatSession(), "b": ChatSession()}  # a: the top bar's model; b: the other side
@@ -103,6 +103,7 @@ def build(ctx) -> None:
                                         precision=0 if f.name in ("top_k", "max_new_tokens", "seed") else None,
                                         elem_id=f"chat-{f.name.replace('_', '-')}", min_width=120)
     with gr.Accordion("call it over the API (studio serve)", open=False, elem_id="chat-api"):
+        serve_panel.build(ctx)
         api_code = gr.Markdown(snippets(None, None), elem_id="chat-api-code")
     with gr.Row():
         chat_a = gr.Chatbot(label="A", editable="all", elem_id="chat-a", height=420)
