@@ -120,6 +120,9 @@ def info(run_dir: str | Path) -> RunInfo:
     r.datasets = ",".join((r.task == "eval" and data.get("eval_dataset")) or data.get("dataset") or [])
     m = spec.get("method") or {}
     r.method = f"{m.get('stage', '')}/{m.get('finetuning_type', '')}".strip("/")
+    if r.task == "serve":  # a server has no data or method: show what it serves
+        r.method = "api"
+        r.datasets = ",".join(str(a).split("=", 1)[0] for a in (spec.get("serve") or {}).get("adapters") or []) or "(base)"
     for e in events:
         if e["event"] == "start":
             r.started = e["t"]
