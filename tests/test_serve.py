@@ -219,7 +219,7 @@ def test_a_key_is_required_when_one_is_set(server):
 
 def test_a_client_that_disconnects_mid_stream_frees_its_row(server):
     url = server["url"]
-    body = {"model": server["base"], "messages": HELLO, "max_tokens": 400, "temperature": 0, "stream": True}
+    body = {"model": server["base"], "messages": HELLO, "max_tokens": 480, "temperature": 0, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]
