@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
-
-from studio.models import ModelError
 
 
 @dataclass
@@ -77,44 +73,13 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="serve-engine", daemon=True)
         self._torch = torch
 
-    # --- loading ---------------------------------------------------------------------------------------
-
     @classmethod
     def load(cls, base: str | None, adapters: dict[str, str], template: str | None = None, quantization_bit: int | None = None,
              max_batch: int = 16, say=print) -> "Engine":
-        """Resolve and load the base and every adapter (as chat resolves them); raises ModelError naming the adapter."""
-        from studio import models
-        from studio.chat import check_template, resolve
-        from studio.data.templates import Template
+        """Resolve and load the base and every adapter (studio/serve/loading.py); raises ModelError naming the adapter."""
+        from studio.serve.loading import load
 
-        sources = {}
-        for name, path in adapters.items():
-            try:
-                src = resolve(base, path)
-            except ModelError as e:
-                raise ModelError(f"--adapter {name}={path}: {e}") from None
-            if src.adapter is None:
-                raise ModelError(f"--adapter {name}={path} holds a whole model, not an adapter, so it cannot share the base "
-                                 f"model with others; serve it on its own with --model {path}")
-            _check_kind(name, src.adapter)
-            base = base or src.model
-            sources[name] = src
-        base_src = resolve(base, None, template)
-        base_name = base_name_of(base_src.model)
-        if base_name in sources:
-            raise ModelError(f"--adapter {base_name}=...: `{base_name}` is the base model's name; give the adapter another name")
-        models.check_quantization(quantization_bit)
-        tok = models.load_tokenizer(base_src.model)
-        templates = {base_name: Template(base_src.template, tok)}
-        for name, src in sources.items():
-            templates[name] = Template(template or src.template, tok)
-        for name, t in templates.items():
-            try:
-                check_template(t)
-            except Exception as e:
-                raise ModelError(f"model `{name}`: {e}") from None
-        model = _load_weights(base_src.model, sources, quantization_bit, say)
-        return cls(model, tok, templates, base_name, max_batch, say)
+        return cls(*load(base, adapters, template, quantization_bit, say), max_batch=max_batch, say=say)
 
     # --- the public side (any thread) --------------------------------------------------------------------
 
@@ -217,7 +182,6 @@ class Engine:
 
         from studio.batchgen import _join, _joinable, _left_pad
 
-        torch = self._torch
         pool = self.pools[name]
         if pool is not None and not _joinable(pool["cache"]):
             return  # a cache that cannot be joined (sliding window): new rows wait for this batch to end
@@ -304,51 +268,3 @@ def _safe_end(text: str, stops: list[str]) -> int:
                 hold = max(hold, k)
                 break
     return len(text) - hold
-
-
-def base_name_of(model: str) -> str:
-    """The name a request uses for the base model: `default`, or the model folder's name."""
-    from studio import models
-
-    if model == models.DEFAULT or models.same_base(model, models.DEFAULT):
-        return models.DEFAULT
-    return Path(model).name if Path(model).expanduser().exists() else model
-
-
-PROMPT_STYLE = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT")
-
-
-def _check_kind(name: str, adapter: Path) -> None:
-    import json
-
-    kind = json.loads((adapter / "adapter_config.json").read_text()).get("peft_type", "")
-    if kind in PROMPT_STYLE:
-        raise ModelError(f"--adapter {name}={adapter}: a {kind} adapter adds virtual tokens to every prompt and cannot share "
-                         "a batch with other adapters; serve LoRA-family adapters (LoRA, DoRA, AdaLoRA, IA3), or chat with "
-                         "this one in `studio chat`")
-
-
-def _load_weights(base: str, sources: dict, quantization_bit: int | None, say):
-    import torch
-
-    from studio import models
-    from studio.spec import ModelSpec
-
-    t0 = time.time()
-    model = models.load_model(ModelSpec(name_or_path=base, quantization_bit=quantization_bit), "auto")
-    if torch.cuda.is_available() and not quantization_bit:
-        model = model.to("cuda")
-    if sources:
-        from peft import PeftModel
-
-        for i, (name, src) in enumerate(sources.items()):
-            try:
-                if i == 0:
-                    model = PeftModel.from_pretrained(model, str(src.adapter), adapter_name=name)
-                else:
-                    model.load_adapter(str(src.adapter), adapter_name=name)
-            except Exception as e:  # weights of another shape, a damaged file
-                raise ModelError(f"--adapter {name}={src.adapter}: cannot load it on `{base}`: {e}") from None
-    model.eval()
-    say(f"loaded `{base}` with {len(sources)} adapter(s) in {time.time() - t0:.1f} s")
-    return model
