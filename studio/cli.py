@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("studio.export.cli").export.cli.add_cli(sub)
     __import__("studio.generate.cli").generate.cli.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
+    __import__("studio.serve.cli").serve.cli.add_cli(sub)
     return p
 
 

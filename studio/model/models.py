@@ -127,6 +127,19 @@ def quantization_config(spec_model, dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def check_quantization(bit: int | None) -> None:
+    """Refuse a quantized load that cannot work here (serve and chat, `--quantization-bit 4|8`)."""
+    if bit is None:
+        return
+    if bit not in (4, 8):
+        raise ModelError(f"--quantization-bit {bit}: choose 4 or 8")
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # not installed, or no kernel for this machine
+        raise ModelError(f"--quantization-bit {bit} needs bitsandbytes, which cannot be loaded here ({type(e).__name__}: {e}); "
+                         "install it (pip install bitsandbytes) or leave out --quantization-bit") from None
+
+
 def load_model(spec_model, dtype_name: str = "auto", for_training: bool = False, device_map=None):
     """The base model of a spec's `model` section (quantized when asked); no adapter."""
     import torch

@@ -120,6 +120,11 @@ def info(run_dir: str | Path) -> RunInfo:
         r.task, r.model = spec.task, spec.model.name_or_path
         r.datasets = ",".join((r.task == "eval" and spec.data.eval_dataset) or spec.data.dataset)
         r.method = f"{spec.method.stage}/{spec.method.finetuning_type}"
+        if r.task == "serve":  # a server has no data or method: show what it serves
+            r.method = "api"
+            r.datasets = ",".join(str(a).split("=", 1)[0] for a in spec.serve.adapters) or "(base)"
+        elif r.task == "generate":
+            r.method, r.datasets = spec.generate.mode, spec.generate.output_dataset
     for e in events:
         if e["event"] == "start":
             r.started = e["t"]

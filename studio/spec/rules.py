@@ -46,6 +46,11 @@ def validate(spec):
         bad("train.warmup_ratio: must be in [0, 1)")
     _validate_method(spec, bad)
     _validate_generate(spec.generate, bad)
+    sv = spec.serve
+    if not 1 <= sv.port <= 65535:
+        bad(f"serve.port: {sv.port} is not a TCP port (1-65535)")
+    if sv.max_batch_size < 1 or sv.max_tokens < 1 or sv.stats_every <= 0 or (sv.num_threads is not None and sv.num_threads < 1):
+        bad("serve.max_batch_size, serve.max_tokens and serve.num_threads: at least 1; serve.stats_every: above 0")
     if la.nproc_per_node < 1 or la.nnodes < 1:
         bad("launch.nproc_per_node and launch.nnodes: must be at least 1")
     if not 0 <= la.node_rank < la.nnodes:

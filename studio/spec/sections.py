@@ -170,6 +170,20 @@ class GenerateSpec:
 
 
 @dataclass
+class ServeSpec:
+    adapters: list = _f([], "Adapters served beside the base model, each as NAME=PATH (PATH: a run folder, adapter, checkpoint or "
+                            "export); a request's `model` picks one by NAME, the base model by its own name.")
+    host: str = _f("127.0.0.1", "Address to listen on. 127.0.0.1: this machine only; any other address needs an API key "
+                                "(--api-key, or the environment variable STUDIO_API_KEY; never stored in the spec).")
+    port: int = _f(8000, "TCP port of the API (http://HOST:PORT/v1).")
+    max_batch_size: int = _f(16, "Requests generated together per model; more wait for a free row.")
+    max_tokens: int = _f(512, "Longest answer, in tokens, when a request does not give max_tokens.")
+    num_threads: Optional[int] = _f(None, "CPU threads for torch. Empty: all cores. On a CPU busy with other work, 1 is faster "
+                                          "(threads that wait on each other lose more than they gain).")
+    stats_every: float = _f(10.0, "Seconds between two `stats` events (requests served, tokens/s) while requests come.")
+
+
+@dataclass
 class LaunchSpec:
     nproc_per_node: int = _f(1, "Processes (GPUs) per node; more than 1 runs torchrun.")
     nnodes: int = _f(1, "Number of machines.")
@@ -182,7 +196,7 @@ class LaunchSpec:
 
 @dataclass
 class JobSpec:
-    task: str = _f("train", "What the job does: train, eval, export or generate.", choices=["train", "eval", "export", "generate"])
+    task: str = _f("train", "What the job does: train, eval, export, generate or serve.", choices=["train", "eval", "export", "generate", "serve"])
     output_dir: str = _f("runs/identity_lora", "The run folder: the spec, events, log and results go here.")
     model: ModelSpec = _sub(ModelSpec, "Which model to start from.")
     data: DataSpec = _sub(DataSpec, "Which data, and how it becomes token batches.")
@@ -191,6 +205,7 @@ class JobSpec:
     eval: EvalSpec = _sub(EvalSpec, "Generation and scoring (task eval).")
     export: ExportSpec = _sub(ExportSpec, "Merging and conversion (task export).")
     generate: GenerateSpec = _sub(GenerateSpec, "Data generation: self-instruct or answers from a teacher (task generate).")
+    serve: ServeSpec = _sub(ServeSpec, "The OpenAI-compatible API server (task serve).")
     launch: LaunchSpec = _sub(LaunchSpec, "Processes, devices and DeepSpeed.")
 
     def __post_init__(self):
