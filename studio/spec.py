@@ -19,6 +19,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from studio.spec_stages import STAGES, DpoSpec, GrpoSpec, KtoSpec, RmSpec
+from studio.spec_stages import validate as _validate_stage
+
 
 class SpecError(ValueError):
     """A user's mistake in a spec: the message names the field and what to do."""
@@ -107,12 +110,18 @@ class AdaLoraSpec:
 
 @dataclass
 class MethodSpec:
-    stage: str = _f("sft", "Training stage: sft (instruction tuning on chats) or pt (continued pretraining on plain text).", choices=["sft", "pt"])
+    stage: str = _f("sft", "Training stage: sft (instruction tuning on chats), pt (continued pretraining on plain text), dpo "
+                           "(preference pairs; also ORPO, SimPO, IPO), kto (answers labelled good or bad), rm (a reward model "
+                           "on preference pairs) or grpo (reinforcement learning with reward functions).", choices=STAGES)
     finetuning_type: str = _f("lora", "What is trained: lora, full, freeze, adalora, ia3, prefix, prompt, ptuning, ptuning_v2.", choices=FINETUNING_TYPES)
     lora: LoraSpec = _sub(LoraSpec, "LoRA options (also used by QLoRA).")
     freeze: FreezeSpec = _sub(FreezeSpec, "Freeze-tuning options.")
     prompt: PromptSpec = _sub(PromptSpec, "Prompt-style method options (prefix, prompt, ptuning, ptuning_v2).")
     adalora: AdaLoraSpec = _sub(AdaLoraSpec, "AdaLoRA options.")
+    dpo: DpoSpec = _sub(DpoSpec, "Stage dpo: preference loss and reference model.")
+    kto: KtoSpec = _sub(KtoSpec, "Stage kto: KTO loss and reference model.")
+    rm: RmSpec = _sub(RmSpec, "Stage rm: reward-model options.")
+    grpo: GrpoSpec = _sub(GrpoSpec, "Stage grpo: reward functions and generation.")
 
 
 @dataclass
@@ -433,6 +442,7 @@ def validate(spec: JobSpec) -> JobSpec:
     if not 0 <= t.warmup_ratio < 1:
         raise SpecError("train.warmup_ratio: must be in [0, 1)")
     _validate_method(spec)
+    _validate_stage(spec)
     if mo.quantization_bit is not None and m.finetuning_type not in ("lora", "adalora", "ia3"):
         raise SpecError(
             f"model.quantization_bit={mo.quantization_bit} cannot be used with method.finetuning_type="
