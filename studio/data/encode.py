@@ -47,7 +47,7 @@ def usable(e: registry.DatasetEntry, stage: str) -> None:
     where = f"dataset `{e.name}`"
     if e.kind == "ranking":
         raise DataError(f"{where} is preference data (`ranking: true`: chosen/rejected answers). Stage {stage} trains on "
-                        "single answers; use it with method.stage=dpo (or kto, rm), or remove it from data.dataset.")
+                        "single answers; train on it with a preference stage (DPO: method.stage=dpo; or kto, rm), or remove it from data.dataset.")
     if e.kind == "prompt":
         raise DataError(f"{where} holds prompts without answers to learn (`columns.reference`); use it with "
                         "method.stage=grpo, or remove it from data.dataset.")
