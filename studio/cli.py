@@ -28,6 +28,9 @@ def preflight(spec) -> None:
     for name in list(spec.data.dataset) + list(spec.data.eval_dataset):
         encode.usable(registry.entry(spec.data.dataset_dir, name, info), spec.method.stage)
     methods.preflight(spec)  # packages and hardware the method and options need
+    from studio import stages
+
+    stages.preflight(spec)  # GRPO: the reward files exist and define their functions
 
 
 def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str | None = None) -> int:
