@@ -6,27 +6,27 @@ completion.
 """
 import re
 
-ANSWER = re.compile(r"Answer:\s*(-?\d+)")
+NUMBER = re.compile(r"-?\d+")
 
 
-def answer_format(completions, **kwargs):
-    """1.0 for a reply that is just `Answer: <number>`, 0.5 when `Answer: <number>` appears in a longer reply, else 0."""
+def number_only(completions, **kwargs):
+    """1.0 for a reply that is just a number, 0.5 for one that starts with a number, else 0."""
     scores = []
     for completion in completions:
         text = completion[0]["content"].strip()
-        if re.fullmatch(r"Answer:\s*-?\d+\.?", text):
+        if re.fullmatch(r"-?\d+\.?", text):
             scores.append(1.0)
-        elif ANSWER.search(text):
+        elif re.match(r"-?\d", text):
             scores.append(0.5)
         else:
             scores.append(0.0)
     return scores
 
 
-def correct_answer(completions, reference, **kwargs):
-    """1.0 when the number after `Answer:` is the reference result."""
+def first_number_correct(completions, reference, **kwargs):
+    """1.0 when the first number in the reply is the reference result."""
     scores = []
     for completion, ref in zip(completions, reference):
-        found = ANSWER.search(completion[0]["content"])
-        scores.append(1.0 if found and found.group(1) == str(ref).strip() else 0.0)
+        found = NUMBER.search(completion[0]["content"])
+        scores.append(1.0 if found and found.group(0) == str(ref).strip() else 0.0)
     return scores

@@ -87,12 +87,12 @@ def test_stage_trains_and_logs_its_metrics(tiny_model, tmp_path, stage, over, ke
 
 def test_grpo_with_a_user_reward_file_logs_each_function(tiny_model, tmp_path):
     over = {"method.stage": "grpo", "data.dataset": "[arith_prompts]", "method.grpo.num_generations": 2,
-            "method.grpo.max_completion_length": 6, "method.grpo.reward_funcs": "[examples/rewards.py:answer_format, numeric]",
+            "method.grpo.max_completion_length": 6, "method.grpo.reward_funcs": "[examples/rewards.py:number_only, numeric]",
             "method.grpo.reward_weights": "[1.0, 0.5]"}
     rc, events = _run_in_process(_spec(tiny_model, tmp_path, **over), tmp_path)
     assert rc == 0 and events[-1]["event"] == "done", events[-1]
     log = _logs(events)[-1]
-    for key in ("reward", "reward_std", "rewards/answer_format/mean", "rewards/numeric/mean", "completions/mean_length"):
+    for key in ("reward", "reward_std", "rewards/number_only/mean", "rewards/numeric/mean", "completions/mean_length"):
         assert key in log, sorted(log)
 
 
