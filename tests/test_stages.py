@@ -70,6 +70,27 @@ def test_dpo_through_the_cli_logs_margins_and_the_adapter_reloads_in_peft(tiny_m
     rows = preference.read(ROOT / "data", ["identity_pairs_eval"], "dpo", max_samples=2)
     scores = score_pairs(model, tok, rows)
     assert scores["pairs"] == 2 and 0 <= scores["margin_positive"] <= 1
+    # chat and export take the run folder as they take an SFT run's
+    from studio.chat import ChatSession, GenParams
+
+    s = ChatSession()
+    s.load(adapter=str(tmp_path / "run"))
+    assert type(s.model).__name__.startswith("Peft")
+    assert isinstance(s.reply([], "Who are you?", params=GenParams(max_new_tokens=3, temperature=0)), str)
+    s.unload()
+    from studio import export
+
+    out = tmp_path / "exp"
+    specmod.dump(specmod.load(None, ["task=export", f"output_dir={out}", f"model.adapter={tmp_path / 'run'}", f"model.name_or_path={tiny_model}", "export.gguf=[]",
+                                     "export.dtype=fp32"]), out / "spec.yaml")
+    old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert export.main([str(out)]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
+    done = ev.read_all(out)[-1]
+    assert done["event"] == "done" and (out / "export" / "model.safetensors").exists(), done
 
 
 @pytest.mark.parametrize("stage,over,keys", [
