@@ -149,8 +149,10 @@ def _validate_grpo(spec) -> None:
         if len(g.reward_weights) != len(g.reward_funcs):
             raise SpecError(f"method.grpo.reward_weights: {len(g.reward_weights)} weight(s) for {len(g.reward_funcs)} "
                             "reward function(s) in method.grpo.reward_funcs; give one weight per function, or leave it empty")
-        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in g.reward_weights):
-            raise SpecError(f"method.grpo.reward_weights: expected numbers, got {g.reward_weights}")
+        try:  # the page's text box gives "0.7, 0.3"
+            g.reward_weights = [float(w) for w in g.reward_weights if not isinstance(w, bool)]
+        except (TypeError, ValueError):
+            raise SpecError(f"method.grpo.reward_weights: expected numbers, got {g.reward_weights}") from None
     if g.num_generations < 2:
         raise SpecError("method.grpo.num_generations: must be at least 2 (answers are compared within a group)")
     batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * max(spec.launch.nproc_per_node, 1)

@@ -155,3 +155,21 @@ def build(spec):
         good = sum(train["label"])
         note += f" ({good} good, {len(train) - good} bad)"
     return train, evals, note
+
+
+def fitting(dataset_dir, stage: str) -> list[str]:
+    """The registered datasets whose shape the stage can train on (for the page's dataset lists)."""
+    try:
+        info = registry.read_info(dataset_dir)
+    except DataError:
+        return []
+    ok = {"sft": ("chat",), "pt": ("text", "chat"), **NEEDS}[stage]
+    out = []
+    for n in info:
+        try:
+            e = registry.entry(dataset_dir, n, info)
+        except DataError:
+            continue
+        if e.kind in ok and not (stage == "pt" and e.kind == "chat" and e.formatting != "alpaca"):
+            out.append(n)
+    return out
