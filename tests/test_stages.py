@@ -236,3 +236,33 @@ def test_chat_tab_pairs_and_llamafactory_entries_become_trl_rows(data_dir):
     (data_dir / "dataset_info.json").write_text(json.dumps(info))
     with pytest.raises(DataError, match=r"bad_kto.json.*column `label` must be true or false, got 'maybe'"):
         preference.read(data_dir, ["bad_kto"], "kto")
+
+
+def test_page_offers_fitting_datasets_and_plots_stage_metrics():
+    from studio.data import preference
+    from studio.ui import stage_fields
+
+    assert preference.fitting(ROOT / "data", "dpo") == ["identity_pairs", "identity_pairs_eval"]
+    assert "arith_prompts" in preference.fitting(ROOT / "data", "grpo") and "identity_pairs" not in preference.fitting(ROOT / "data", "grpo")
+    assert "identity_pairs" not in preference.fitting(ROOT / "data", "sft")
+    events = [{"event": "log", "step": 1, "loss": 0.7, "rewards/margins": 0.1, "rewards/accuracies": 0.5},
+              {"event": "log", "step": 2, "loss": 0.1, "reward": 0.4, "rewards/number_only/mean": 0.5, "kl": 0.01, "num_tokens": 9.0}]
+    df = stage_fields.curves(events)
+    assert set(df["series"]) == {"rewards/margins", "rewards/accuracies", "reward", "rewards/number_only/mean", "kl"}
+    fields = {n for _, _, names in stage_fields.GROUPS for n in names}
+    assert all(specmod.field_help(n) for n in fields)  # every field shown is a spec field with help
+
+
+@pytest.mark.slow
+def test_dpo_example_teaches_the_default_model_to_prefer_the_chosen_answers(tmp_path):
+    """examples/dpo_identity.yaml as it ships: held-out pairs whose implicit reward margin is > 0 go to >= 90%."""
+    from studio.prefscore import score_run
+
+    out = tmp_path / "dpo_identity"
+    r = subprocess.run([sys.executable, "-m", "studio", "train", "examples/dpo_identity.yaml", f"output_dir={out}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=3600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    done = ev.read_all(out)[-1]
+    assert done["event"] == "done" and done["eval_rewards/accuracies"] >= 0.9, done
+    scores = score_run(out)
+    assert scores["pairs"] == 16 and scores["margin_positive"] >= 0.9, scores
