@@ -266,3 +266,17 @@ def test_dpo_example_teaches_the_default_model_to_prefer_the_chosen_answers(tmp_
     assert done["event"] == "done" and done["eval_rewards/accuracies"] >= 0.9, done
     scores = score_run(out)
     assert scores["pairs"] == 16 and scores["margin_positive"] >= 0.9, scores
+
+
+def test_dataset_preview_shows_each_pair_with_both_answers_trained(tiny_model):
+    from studio.data import preview
+
+    r = preview.preview(specmod.load(None, [f"model.name_or_path={tiny_model}", "method.stage=dpo", "data.dataset=[identity_pairs]"]), limit=2)
+    assert "reason" not in r and r["stats"]["records"] == 60
+    (chosen, rejected) = r["examples"]
+    assert "(chosen)" in chosen["loc"] and "(rejected)" in rejected["loc"]
+    assert chosen["pieces"][-1][1] and "Pico" in chosen["pieces"][-1][0] and "Pico" not in rejected["pieces"][-1][0]
+    assert not any(flag for _, flag in chosen["pieces"][:-1])  # the prompt carries no loss
+    g = preview.preview(specmod.load(None, [f"model.name_or_path={tiny_model}", "method.stage=grpo", "data.dataset=[arith_prompts]",
+                                            "method.grpo.num_generations=2"]), limit=1)
+    assert "reason" not in g and "reference:" in g["examples"][0]["loc"]

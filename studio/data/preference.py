@@ -114,8 +114,8 @@ def rows(e: registry.DatasetEntry, stage: str, records) -> tuple[list[dict], lis
     return out, issues
 
 
-def read(dataset_dir, names: list[str], stage: str, max_samples=None) -> list[dict]:
-    info = registry.read_info(dataset_dir)
+def read(dataset_dir, names: list[str], stage: str, max_samples=None, info: dict | None = None) -> list[dict]:
+    info = registry.read_info(dataset_dir) if info is None else info
     all_rows, issues = [], []
     for n in names:
         e = registry.entry(dataset_dir, n, info)
@@ -173,3 +173,38 @@ def fitting(dataset_dir, stage: str) -> list[str]:
         if e.kind in ok and not (stage == "pt" and e.kind == "chat" and e.formatting != "alpaca"):
             out.append(n)
     return out
+
+
+def preview(spec, limit: int = 100, info: dict | None = None) -> dict:
+    """The Dataset preview of a preference or RL stage: each pair as its chosen and its rejected answer (each answer's
+    tokens marked as trained), KTO answers with their label, GRPO prompts with the reference answer."""
+    from studio import models
+    from studio.data.templates import Template
+
+    d, st = spec.data, spec.method.stage
+    tokenizer = models.load_tokenizer(spec.model.name_or_path, spec.model.trust_remote_code)
+    template = Template(spec.model.template, tokenizer)
+    full_info = {**registry.read_info(d.dataset_dir), **(info or {})}
+    rows = read(d.dataset_dir, list(d.dataset), st, d.max_samples, full_info)
+    shown, tokens, trained = [], 0, 0
+    for i, r in enumerate(rows):
+        if st == "grpo":
+            answers = [("prompt; reference: " + (r["reference"] or "none"), None)]
+        elif "chosen" in r:
+            answers = [("chosen", r["chosen"][0]["content"]), ("rejected", r["rejected"][0]["content"])]
+        else:
+            answers = [("good" if r["label"] else "bad", r["completion"][0]["content"])]
+        for what, answer in answers:
+            msgs = r["prompt"] + [{"role": "assistant", "content": answer or ""}]
+            segs = template.segments(msgs)
+            if answer is None:
+                segs = [(t, False) for t, _ in segs[:-1]] if len(segs) > 1 else segs
+            n = [len(tokenizer.encode(t, add_special_tokens=False)) for t, _ in segs]
+            tokens += sum(n)
+            trained += sum(k for k, (_, f) in zip(n, segs) if f)
+            if len(shown) < limit:
+                shown.append({"loc": f"example {i} ({what})", "dataset": ", ".join(d.dataset), "tokens": sum(n),
+                              "trained": sum(k for k, (_, f) in zip(n, segs) if f), "truncated": sum(n) > d.cutoff_len,
+                              "pieces": [[t, bool(f)] for t, f in segs]})
+    return {"stats": {"records": len(rows), "examples": len(rows), "tokens": tokens, "trained_tokens": trained, "truncated": 0,
+                      "dropped": 0}, "examples": shown, "issues": [], "num_issues": 0, "template": template.name}
