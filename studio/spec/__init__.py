@@ -16,3 +16,4 @@ from studio.spec.io import (  # noqa: F401
 )
 from studio.spec.rules import validate  # noqa: F401
 from studio.spec.sections import *  # noqa: F401,F403  JobSpec and its sections
+from studio.spec.stages import *  # noqa: F401,F403  the preference and RL stages' sections

@@ -5,6 +5,7 @@ import dataclasses
 import re
 
 from studio.spec.fields import DEEPSPEED_PRESETS, GGUF_TYPES, PROMPT_STYLE, SpecError
+from studio.spec.stages import validate as validate_stage
 
 
 def _check_choices(section, prefix: str, bad):
@@ -45,6 +46,10 @@ def validate(spec):
     if not 0 <= t.warmup_ratio < 1:
         bad("train.warmup_ratio: must be in [0, 1)")
     _validate_method(spec, bad)
+    try:
+        validate_stage(spec)
+    except SpecError as e:
+        bad(str(e))
     _validate_generate(spec.generate, bad)
     sv = spec.serve
     if not 1 <= sv.port <= 65535:
