@@ -253,7 +253,7 @@ def test_page_offers_fitting_datasets_and_plots_stage_metrics():
     assert all(specmod.field_help(n) for n in fields)  # every field shown is a spec field with help
 
 
-@pytest.mark.slow
+@pytest.mark.long  # minutes of generation or training on the default model: `make test-long`
 def test_dpo_example_teaches_the_default_model_to_prefer_the_chosen_answers(tmp_path):
     """examples/dpo_identity.yaml as it ships: held-out pairs whose implicit reward margin is > 0 go to >= 90%."""
     from studio.evaluate.prefscore import score_run
