@@ -159,7 +159,7 @@ def test_builtin_rewards(tmp_path):
 
 
 def _preflight(tiny_model, tmp_path, **over):
-    from studio.cli import preflight
+    from studio.launch.preflight import preflight
 
     preflight(_spec(tiny_model, tmp_path, **over))
 
