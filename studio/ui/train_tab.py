@@ -6,6 +6,7 @@ the form <-> spec conversion follow from the spec field.
 """
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import gradio as gr
 
 from studio.run import status as runs
 from studio import spec as specmod
-from studio.data import registry
+from studio.data import registry, registry_scan
 from studio.errors import is_user_error
 from studio.ui import dataset_view, form, jobs, launch_fields, monitor, runs_view
 
@@ -66,16 +67,35 @@ def _message(text: str, kind: str = "info") -> str:
     return f"**{kind}:** {text}" if kind == "error" else text
 
 
+def registry_view(workdir: Path, folder: str | None) -> tuple[list[str], str]:
+    """(usable dataset names, a note naming every problem of the folder's dataset_info.json, or "")."""
+    try:
+        ddir = jobs.inside(workdir, (folder or "").strip() or "data", "data.dataset_dir")
+    except specmod.SpecError as e:
+        return [], _message(str(e), "error")
+    entries, problems = registry_scan.scan(ddir)
+    if not problems:
+        return list(entries), ""
+    shown = str(Path(folder or "data"))
+    lines = [html.escape(p.replace(str(ddir), shown)) for p in problems]
+    head = f"**{shown}/{registry.INFO}:** " + ("these entries are offered: " + ", ".join(entries) if entries else "no dataset is offered")
+    return list(entries), head + "\n" + "\n".join(f"- {line}" for line in lines)
+
+
 def build(ctx) -> None:
     workdir, runs_root = ctx.workdir, ctx.runs_root
     base = default_spec()
     data_dir = base.data.dataset_dir
+    found, note = registry_view(workdir, data_dir)
+    # custom values are allowed so that a name no longer registered reaches the spec's own check (which names it)
+    # instead of gradio's choice check; the page drops such names when it re-reads the registry
     special = {
-        "data.dataset": form.widget("data.dataset", choices=registry.names(workdir / data_dir), scale=2, render=False),
-        "data.eval_dataset": form.widget("data.eval_dataset", choices=registry.names(workdir / data_dir), render=False),
+        "data.dataset": form.widget("data.dataset", choices=found, allow_custom_value=True, scale=2, render=False),
+        "data.eval_dataset": form.widget("data.eval_dataset", choices=found, allow_custom_value=True, render=False),
         "output_dir": gr.Textbox(value="", label="output dir", info=specmod.field_help("output_dir") + " Empty: a new runs/<time>-... folder.",
                                  placeholder="auto: runs/<time>-<method>-<datasets>", elem_id=form.elem_id("output_dir"), max_lines=1, render=False),
     }
+    registry_note = gr.Markdown(note, elem_id="registry-note")
     fields: dict = {}
     for group in GROUPS:
         fields.update(_rows(group, special))
@@ -96,6 +116,8 @@ def build(ctx) -> None:
     for comp, value in zip(comps, form.spec_to_values(base, names)):
         comp.value = value
     fields["output_dir"].value = ""
+    for name in ("data.dataset", "data.eval_dataset"):
+        fields[name].value = [v for v in fields[name].value or [] if v in found]
     base_state = gr.State(specmod.to_dict(base))
 
     def spec_from(values, base_dict, auto_dir=True) -> specmod.JobSpec:
@@ -141,17 +163,15 @@ def build(ctx) -> None:
 
     ctx.top["method.finetuning_type"].change(on_type, ctx.top["method.finetuning_type"], [b for b, _ in method_boxes])
 
-    def on_refresh_data(folder):
-        try:
-            found = registry.names(jobs.inside(workdir, folder or "data", "data.dataset_dir"))
-        except specmod.SpecError as e:
-            return gr.update(), gr.update(), _message(str(e), "error")
-        note = "" if found else _message(f"no datasets in {folder}/dataset_info.json", "error")
-        return gr.update(choices=found), gr.update(choices=found), note
+    def on_refresh_data(folder, chosen, chosen_eval):
+        found, note = registry_view(workdir, folder)
+        keep = lambda values: [v for v in values or [] if v in found]  # noqa: E731
+        return gr.update(choices=found, value=keep(chosen)), gr.update(choices=found, value=keep(chosen_eval)), note
 
-    ds_outputs = [fields["data.dataset"], fields["data.eval_dataset"], message]
-    refresh_data.click(on_refresh_data, fields["data.dataset_dir"], ds_outputs)
-    fields["data.dataset_dir"].submit(on_refresh_data, fields["data.dataset_dir"], ds_outputs)
+    ds_inputs = [fields["data.dataset_dir"], fields["data.dataset"], fields["data.eval_dataset"]]
+    ds_outputs = [fields["data.dataset"], fields["data.eval_dataset"], registry_note]
+    refresh_data.click(on_refresh_data, ds_inputs, ds_outputs)
+    fields["data.dataset_dir"].submit(on_refresh_data, ds_inputs, ds_outputs)
 
     def on_preview(*values):
         *values, base_dict = values
@@ -232,14 +252,12 @@ def build(ctx) -> None:
     timer = gr.Timer(1.0)
     timer.tick(on_tick, state, [state, progress, loss_plot, lr_plot, final, log_box, table], show_progress="hidden")
 
-    def on_load_page(st):
-        """Reattach: follow the newest running job (or keep following what this tab followed)."""
+    def on_load_page(st, folder, chosen, chosen_eval):
+        """Reattach: follow the newest running job (or keep following what this tab followed); re-read the registry."""
+        data = on_refresh_data(folder, chosen, chosen_eval)
         if st.get("run"):
-            return st, registry_update(), registry_update()
+            return (st, *data)
         active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued") and r.task == "train"]
-        return (monitor.follow(active[0].path) if active else st), registry_update(), registry_update()
+        return ((monitor.follow(active[0].path) if active else st), *data)
 
-    def registry_update():
-        return gr.update(choices=registry.names(workdir / data_dir))
-
-    ctx.demo.load(on_load_page, state, [state, fields["data.dataset"], fields["data.eval_dataset"]])
+    ctx.demo.load(on_load_page, [state] + ds_inputs, [state] + ds_outputs)
