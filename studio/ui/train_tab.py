@@ -147,15 +147,18 @@ def build(ctx) -> None:
 
     gr.Markdown("### Run monitor")
     state = gr.State(monitor.follow(None))
+    # ticks only while a followed run is running: an idle page sends no request at all
+    timer = gr.Timer(1.0, active=False)
+    log_open = gr.State(False)
     progress = gr.HTML(monitor.progress_html([], "", None), elem_id="progress")
     final = gr.Markdown(elem_id="final")  # the outcome: metrics, or the error and the end of the log
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="value", color="series", title="loss", height=280, elem_id="loss-plot",
                                 x_title="step", y_title="loss", scale=2)
         lr_plot = gr.LinePlot(x="step", y="learning_rate", title="learning rate", height=280, elem_id="lr-plot", scale=1)
-    with gr.Accordion("output.log", open=False):
+    with gr.Accordion("output.log", open=False) as log_group:
         log_box = gr.Textbox(lines=14, max_lines=14, autoscroll=True, show_label=False, elem_id="log")
-    table = runs_view.build(ctx, state)
+    table = runs_view.build(ctx, state, timer)
 
     # --- handlers ---------------------------------------------------------------------------------------
     def on_type(ftype):
@@ -218,12 +221,13 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, _message(str(e), "error"), gr.update()
+            return st, _message(str(e), "error"), gr.skip(), gr.skip()
         rel = spec.output_dir
-        return monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root)
+        return (monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root),
+                gr.Timer(active=True))
 
     start_btn.click(lambda: _message("checking the data and starting ..."), None, message, queue=False).then(
-        on_start, comps + [base_state, state], [state, message, table])
+        on_start, comps + [base_state, state], [state, message, table, timer])
 
     def on_abort(st):
         run = st.get("run")
@@ -234,30 +238,40 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def on_tick(st):
+    def on_tick(st, show_log):
         jobs.reap()
         st, changed, status = monitor.tick(st)
-        size = monitor.log_size(st["run"])
+        keep = gr.skip() if status == "running" else gr.Timer(active=False)  # a finished run is drawn once more, then rests
         log = gr.skip()
-        if size != st.get("log_size"):
-            st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
+        if show_log:  # the log box is sent only while its section is open, and only when output.log grew
+            size = monitor.log_size(st["run"])
+            if size != st.get("log_size"):
+                st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
         if not changed:
-            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip()
+            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), keep
         evs, run = st["events"], st["run"]
         finished = status in ("done", "error", "aborted", "crashed")
-        return (st, monitor.progress_html(evs, status, run), monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)),
+        new_points = "drawn" not in st or any(e["event"] in ("log", "eval") for e in evs[st["drawn"]:])
+        st = {**st, "drawn": len(evs)}
+        plots = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs))) if new_points or finished else (gr.skip(), gr.skip())
+        return (st, monitor.progress_html(evs, status, run), *plots,
                 monitor.final_message(evs, status, run) if finished else "", log,
-                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip())
+                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), keep)
 
-    timer = gr.Timer(1.0)
-    timer.tick(on_tick, state, [state, progress, loss_plot, lr_plot, final, log_box, table], show_progress="hidden")
+    timer.tick(on_tick, [state, log_open], [state, progress, loss_plot, lr_plot, final, log_box, table, timer], show_progress="hidden")
+
+    def on_log_open(st):
+        return True, {**st, "log_size": -1}  # the next tick sends the log
+
+    log_group.expand(on_log_open, state, [log_open, state])
+    log_group.collapse(lambda: False, None, log_open)
 
     def on_load_page(st, folder, chosen, chosen_eval):
         """Reattach: follow the newest running job (or keep following what this tab followed); re-read the registry."""
         data = on_refresh_data(folder, chosen, chosen_eval)
-        if st.get("run"):
-            return (st, *data)
-        active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued") and r.task == "train"]
-        return ((monitor.follow(active[0].path) if active else st), *data)
+        if not st.get("run"):
+            active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued") and r.task == "train"]
+            st = monitor.follow(active[0].path) if active else st
+        return (st, *data, gr.Timer(active=bool(st.get("run"))))  # one tick draws a followed run, and goes on if it runs
 
-    ctx.demo.load(on_load_page, [state] + ds_inputs, [state] + ds_outputs)
+    ctx.demo.load(on_load_page, [state] + ds_inputs, [state] + ds_outputs + [timer])
