@@ -99,3 +99,16 @@ def test_sigterm_stops_the_helpers_not_the_jobs():
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_field_refuses_nan_and_infinity_with_its_name():
+    import pytest
+
+    from studio import spec as specmod
+    from studio.ui import form, train_tab
+
+    base = train_tab.default_spec()
+    for name, value in [("train.learning_rate", float("nan")), ("train.num_train_epochs", float("inf")),
+                        ("method.lora.loraplus_lr_ratio", "nan"), ("train.neftune_alpha", "1e400")]:
+        with pytest.raises(specmod.SpecError, match=f"^{name}: expected a finite number"):
+            form.values_to_spec({name: value}, base)
