@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -47,6 +48,7 @@ MORE = ["train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "trai
 DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_len=256", "train.learning_rate=1.0e-3", "train.num_train_epochs=3",
             "train.warmup_ratio=0.05", "train.save_steps=10"]
 SPEC_DIR = "specs"
+PLOT_EVERY = 5.0  # seconds between redraws of the loss and learning-rate curves of a running job
 
 
 def default_spec() -> specmod.JobSpec:
@@ -251,9 +253,14 @@ def build(ctx) -> None:
             return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), keep
         evs, run = st["events"], st["run"]
         finished = status in ("done", "error", "aborted", "crashed")
+        # the curves are redrawn at most every PLOT_EVERY seconds while a run trains (drawing them costs the browser
+        # more than the rest of the page), and at once when it ends
         new_points = "drawn" not in st or any(e["event"] in ("log", "eval") for e in evs[st["drawn"]:])
-        st = {**st, "drawn": len(evs)}
-        plots = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs))) if new_points or finished else (gr.skip(), gr.skip())
+        if finished or (new_points and time.time() - st.get("plotted", 0) >= PLOT_EVERY):
+            st = {**st, "drawn": len(evs), "plotted": time.time()}
+            plots = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)))
+        else:
+            plots = (gr.skip(), gr.skip())
         return (st, monitor.progress_html(evs, status, run), *plots,
                 monitor.final_message(evs, status, run) if finished else "", log,
                 runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), keep)
