@@ -261,10 +261,11 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, f"Error: {e}"
-        return {"run": str(run_dir), "offset": 0, "events": [], "status": None}, f"Started `{spec.output_dir}`"
+            return st, f"Error: {e}", gr.skip()
+        return {"run": str(run_dir), "offset": 0, "events": [], "status": None}, f"Started `{spec.output_dir}`", gr.Timer(active=True)
 
-    start_btn.click(on_start, list(ctx.top.values()) + list(fields.values()) + [state], [state, message])
+    timer = gr.Timer(1.0, active=False)  # ticks only while the followed evaluation runs
+    start_btn.click(on_start, list(ctx.top.values()) + list(fields.values()) + [state], [state, message, timer])
 
     def on_abort(st):
         if not st.get("run") or not runs.is_running(st["run"]):
@@ -276,23 +277,23 @@ def build(ctx) -> None:
 
     def on_tick(st, model, sort_by, text, a, b):
         if not st.get("run"):
-            return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs)
+            return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs) + (gr.Timer(active=False),)
         new, offset = ev.read(st["run"], st["offset"])
         status = st.get("status")
         if status not in ev.FINAL:
             status = runs.status(st["run"], st["events"] + new)
+        keep = (gr.skip() if status == "running" else gr.Timer(active=False),)
         if not new and status == st.get("status"):
-            return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs)
+            return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs) + keep
         st = {**st, "offset": offset, "events": st["events"] + new, "status": status}
         finished = status in (*ev.FINAL, "crashed")
         result = predictions.load_results(st["run"]) if status == "done" else None
         view = show(st["run"], model, sort_by, text, a, b) if status == "done" else (gr.skip(),) * len(view_outputs)
         opened_update = gr.update(choices=eval_runs(runs_root), value=st["run"]) if status == "done" else gr.skip()
         return (st, progress_html(st["events"], status, st["run"]), summary_md(result, status, st["run"], st["events"]) if finished else "",
-                opened_update) + tuple(view)
+                opened_update) + tuple(view) + keep
 
-    timer = gr.Timer(1.0)
-    timer.tick(on_tick, [state, model_pick, sort, search, lo, hi], [state, progress, summary, opened] + view_outputs,
+    timer.tick(on_tick, [state, model_pick, sort, search, lo, hi], [state, progress, summary, opened] + view_outputs + [timer],
                show_progress="hidden")
 
     def on_refresh():

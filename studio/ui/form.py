@@ -11,6 +11,7 @@ Ready-made components passed to bind() must be made with render=False; bind() pl
 """
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Union
@@ -99,6 +100,8 @@ def from_widget(dotted: str, value):
             number = float(value)
         except (TypeError, ValueError):
             raise specmod.SpecError(f"{dotted}: expected a number, got `{value}`") from None
+        if not math.isfinite(number):
+            raise specmod.SpecError(f"{dotted}: expected a finite number, got `{value}`")
         if tp is int and not number.is_integer():
             raise specmod.SpecError(f"{dotted}: expected a whole number, got {value}")
         return int(number) if tp is int else number

@@ -48,7 +48,8 @@ def overlay(run_dirs: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else monitor.curves([])
 
 
-def build(ctx, follow_state) -> gr.Dataframe:
+def build(ctx, follow_state, timer=None) -> gr.Dataframe:
+    """The runs list; Follow puts a run in `follow_state` and starts `timer` (the monitor's), when given."""
     runs_root = ctx.runs_root
     gr.Markdown("### Runs")
     with gr.Row():
@@ -97,8 +98,9 @@ def build(ctx, follow_state) -> gr.Dataframe:
 
     def on_follow(selected):
         if not selected:
-            return gr.skip()
-        return monitor.follow(runs_root / selected[0])
+            return (gr.skip(),) * (2 if timer is not None else 1)
+        followed = monitor.follow(runs_root / selected[0])
+        return (followed, gr.Timer(active=True)) if timer is not None else followed
 
-    follow_btn.click(on_follow, pick, follow_state)
+    follow_btn.click(on_follow, pick, [follow_state, timer] if timer is not None else follow_state)
     return listing

@@ -6,14 +6,16 @@ the form <-> spec conversion follow from the spec field.
 """
 from __future__ import annotations
 
+import html
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
 
 from studio.run import status as runs
 from studio import spec as specmod
-from studio.data import registry
+from studio.data import registry, registry_scan
 from studio.errors import is_user_error
 from studio.ui import dataset_view, form, jobs, launch_fields, monitor, runs_view, stage_fields
 
@@ -46,6 +48,7 @@ MORE = ["train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "trai
 DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_len=256", "train.learning_rate=1.0e-3", "train.num_train_epochs=3",
             "train.warmup_ratio=0.05", "train.save_steps=10"]
 SPEC_DIR = "specs"
+PLOT_EVERY = 5.0  # seconds between redraws of the loss and learning-rate curves of a running job
 
 
 def default_spec() -> specmod.JobSpec:
@@ -66,16 +69,35 @@ def _message(text: str, kind: str = "info") -> str:
     return f"**{kind}:** {text}" if kind == "error" else text
 
 
+def registry_view(workdir: Path, folder: str | None) -> tuple[list[str], str]:
+    """(usable dataset names, a note naming every problem of the folder's dataset_info.json, or "")."""
+    try:
+        ddir = jobs.inside(workdir, (folder or "").strip() or "data", "data.dataset_dir")
+    except specmod.SpecError as e:
+        return [], _message(str(e), "error")
+    entries, problems = registry_scan.scan(ddir)
+    if not problems:
+        return list(entries), ""
+    shown = str(Path(folder or "data"))
+    lines = [html.escape(p.replace(str(ddir), shown)) for p in problems]
+    head = f"**{shown}/{registry.INFO}:** " + ("these entries are offered: " + ", ".join(entries) if entries else "no dataset is offered")
+    return list(entries), head + "\n" + "\n".join(f"- {line}" for line in lines)
+
+
 def build(ctx) -> None:
     workdir, runs_root = ctx.workdir, ctx.runs_root
     base = default_spec()
     data_dir = base.data.dataset_dir
+    found, note = registry_view(workdir, data_dir)
+    # custom values are allowed so that a name no longer registered reaches the spec's own check (which names it)
+    # instead of gradio's choice check; the page drops such names when it re-reads the registry
     special = {
-        "data.dataset": form.widget("data.dataset", choices=registry.names(workdir / data_dir), scale=2, render=False),
-        "data.eval_dataset": form.widget("data.eval_dataset", choices=registry.names(workdir / data_dir), render=False),
+        "data.dataset": form.widget("data.dataset", choices=found, allow_custom_value=True, scale=2, render=False),
+        "data.eval_dataset": form.widget("data.eval_dataset", choices=found, allow_custom_value=True, render=False),
         "output_dir": gr.Textbox(value="", label="output dir", info=specmod.field_help("output_dir") + " Empty: a new runs/<time>-... folder.",
                                  placeholder="auto: runs/<time>-<method>-<datasets>", elem_id=form.elem_id("output_dir"), max_lines=1, render=False),
     }
+    registry_note = gr.Markdown(note, elem_id="registry-note")
     fields: dict = {}
     for group in GROUPS:
         fields.update(_rows(group, special))
@@ -97,6 +119,8 @@ def build(ctx) -> None:
     for comp, value in zip(comps, form.spec_to_values(base, names)):
         comp.value = value
     fields["output_dir"].value = ""
+    for name in ("data.dataset", "data.eval_dataset"):
+        fields[name].value = [v for v in fields[name].value or [] if v in found]
     base_state = gr.State(specmod.to_dict(base))
 
     def spec_from(values, base_dict, auto_dir=True) -> specmod.JobSpec:
@@ -126,6 +150,9 @@ def build(ctx) -> None:
 
     gr.Markdown("### Run monitor")
     state = gr.State(monitor.follow(None))
+    # ticks only while a followed run is running: an idle page sends no request at all
+    timer = gr.Timer(1.0, active=False)
+    log_open = gr.State(False)
     progress = gr.HTML(monitor.progress_html([], "", None), elem_id="progress")
     final = gr.Markdown(elem_id="final")  # the outcome: metrics, or the error and the end of the log
     with gr.Row():
@@ -134,9 +161,9 @@ def build(ctx) -> None:
         lr_plot = gr.LinePlot(x="step", y="learning_rate", title="learning rate", height=280, elem_id="lr-plot", scale=1)
         stage_plot = gr.LinePlot(x="step", y="value", color="series", title="rewards and margins", height=280,
                                  elem_id="stage-plot", x_title="step", y_title="value", scale=2)
-    with gr.Accordion("output.log", open=False):
+    with gr.Accordion("output.log", open=False) as log_group:
         log_box = gr.Textbox(lines=14, max_lines=14, autoscroll=True, show_label=False, elem_id="log")
-    table = runs_view.build(ctx, state)
+    table = runs_view.build(ctx, state, timer)
 
     # --- handlers ---------------------------------------------------------------------------------------
     def on_type(ftype):
@@ -145,17 +172,15 @@ def build(ctx) -> None:
     ctx.top["method.finetuning_type"].change(on_type, ctx.top["method.finetuning_type"], [b for b, _ in method_boxes])
     stage_fields.wire(fields["method.stage"], stage_boxes, fields["data.dataset_dir"], [fields["data.dataset"], fields["data.eval_dataset"]], workdir)
 
-    def on_refresh_data(folder):
-        try:
-            found = registry.names(jobs.inside(workdir, folder or "data", "data.dataset_dir"))
-        except specmod.SpecError as e:
-            return gr.update(), gr.update(), _message(str(e), "error")
-        note = "" if found else _message(f"no datasets in {folder}/dataset_info.json", "error")
-        return gr.update(choices=found), gr.update(choices=found), note
+    def on_refresh_data(folder, chosen, chosen_eval):
+        found, note = registry_view(workdir, folder)
+        keep = lambda values: [v for v in values or [] if v in found]  # noqa: E731
+        return gr.update(choices=found, value=keep(chosen)), gr.update(choices=found, value=keep(chosen_eval)), note
 
-    ds_outputs = [fields["data.dataset"], fields["data.eval_dataset"], message]
-    refresh_data.click(on_refresh_data, fields["data.dataset_dir"], ds_outputs)
-    fields["data.dataset_dir"].submit(on_refresh_data, fields["data.dataset_dir"], ds_outputs)
+    ds_inputs = [fields["data.dataset_dir"], fields["data.dataset"], fields["data.eval_dataset"]]
+    ds_outputs = [fields["data.dataset"], fields["data.eval_dataset"], registry_note]
+    refresh_data.click(on_refresh_data, ds_inputs, ds_outputs)
+    fields["data.dataset_dir"].submit(on_refresh_data, ds_inputs, ds_outputs)
 
     def on_preview(*values):
         *values, base_dict = values
@@ -202,12 +227,13 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, _message(str(e), "error"), gr.update()
+            return st, _message(str(e), "error"), gr.skip(), gr.skip()
         rel = spec.output_dir
-        return monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root)
+        return (monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root),
+                gr.Timer(active=True))
 
     start_btn.click(lambda: _message("checking the data and starting ..."), None, message, queue=False).then(
-        on_start, comps + [base_state, state], [state, message, table])
+        on_start, comps + [base_state, state], [state, message, table, timer])
 
     def on_abort(st):
         run = st.get("run")
@@ -218,32 +244,46 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def on_tick(st):
+    def on_tick(st, show_log):
         jobs.reap()
         st, changed, status = monitor.tick(st)
-        size = monitor.log_size(st["run"])
+        keep = gr.skip() if status == "running" else gr.Timer(active=False)  # a finished run is drawn once more, then rests
         log = gr.skip()
-        if size != st.get("log_size"):
-            st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
+        if show_log:  # the log box is sent only while its section is open, and only when output.log grew
+            size = monitor.log_size(st["run"])
+            if size != st.get("log_size"):
+                st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
         if not changed:
-            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), gr.skip()
+            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), keep, gr.skip()
         evs, run = st["events"], st["run"]
         finished = status in ("done", "error", "aborted", "crashed")
-        return (st, monitor.progress_html(evs, status, run), monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)),
+        # the curves are redrawn at most every PLOT_EVERY seconds while a run trains (drawing them costs the browser
+        # more than the rest of the page), and at once when it ends
+        new_points = "drawn" not in st or any(e["event"] in ("log", "eval") for e in evs[st["drawn"]:])
+        redraw = finished or (new_points and time.time() - st.get("plotted", 0) >= PLOT_EVERY)
+        if redraw:
+            st = {**st, "drawn": len(evs), "plotted": time.time()}
+            plots = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)), monitor.plot(stage_fields.curves(evs)))
+        else:
+            plots = (gr.skip(), gr.skip(), gr.skip())
+        return (st, monitor.progress_html(evs, status, run), *plots[:2],
                 monitor.final_message(evs, status, run) if finished else "", log,
-                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), monitor.plot(stage_fields.curves(evs)))
+                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), keep, plots[2])
 
-    timer = gr.Timer(1.0)
-    timer.tick(on_tick, state, [state, progress, loss_plot, lr_plot, final, log_box, table, stage_plot], show_progress="hidden")
+    timer.tick(on_tick, [state, log_open], [state, progress, loss_plot, lr_plot, final, log_box, table, timer, stage_plot], show_progress="hidden")
 
-    def on_load_page(st):
-        """Reattach: follow the newest running job (or keep following what this tab followed)."""
-        if st.get("run"):
-            return st, registry_update(), registry_update()
-        active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued") and r.task == "train"]
-        return (monitor.follow(active[0].path) if active else st), registry_update(), registry_update()
+    def on_log_open(st):
+        return True, {**st, "log_size": -1}  # the next tick sends the log
 
-    def registry_update():
-        return gr.update(choices=registry.names(workdir / data_dir))
+    log_group.expand(on_log_open, state, [log_open, state])
+    log_group.collapse(lambda: False, None, log_open)
 
-    ctx.demo.load(on_load_page, state, [state, fields["data.dataset"], fields["data.eval_dataset"]])
+    def on_load_page(st, folder, chosen, chosen_eval):
+        """Reattach: follow the newest running job (or keep following what this tab followed); re-read the registry."""
+        data = on_refresh_data(folder, chosen, chosen_eval)
+        if not st.get("run"):
+            active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued") and r.task == "train"]
+            st = monitor.follow(active[0].path) if active else st
+        return (st, *data, gr.Timer(active=bool(st.get("run"))))  # one tick draws a followed run, and goes on if it runs
+
+    ctx.demo.load(on_load_page, [state] + ds_inputs, [state] + ds_outputs + [timer])
