@@ -101,22 +101,13 @@ def _metrics(logs: dict, skip=()) -> dict:
     return {k: v for k, v in logs.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _ckpt(on: bool) -> dict:
-    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
-    import dataclasses
-
-    from trl import SFTConfig
-
-    names = {f.name for f in dataclasses.fields(SFTConfig)}
-    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
-
-
 def sft_config(spec, run_dir: Path, has_eval: bool, the_plan=None):
     import torch
     from trl import SFTConfig
 
     from studio.model import plan
     from studio.model.models import compute_dtype
+    from studio.train.stages import checkpointing
 
     p = the_plan or plan.plan(spec, plan.Hardware.detect())
 
@@ -141,7 +132,7 @@ def sft_config(spec, run_dir: Path, has_eval: bool, the_plan=None):
         per_device_train_batch_size=t.per_device_train_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=warmup, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         optim=t.optim, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        **_ckpt(t.gradient_checkpointing), neftune_noise_alpha=t.neftune_alpha,
+        **checkpointing(t.gradient_checkpointing), neftune_noise_alpha=t.neftune_alpha,
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
         report_to=[] if t.report_to == "none" else [t.report_to], disable_tqdm=True, logging_first_step=True,
         include_num_input_tokens_seen="non_padding", max_length=d.cutoff_len,

@@ -21,12 +21,21 @@ from studio.spec.stages import PREFERENCE_STAGES
 __all__ = ["PREFERENCE_STAGES", "load_model", "apply_method", "trainer", "preflight"]
 
 
+def checkpointing(on: bool) -> dict:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
+
+
 def _common(spec, run_dir: Path, has_eval: bool) -> dict:
     """TrainingArguments shared by every stage (the same as SFT's)."""
     import torch
 
     from studio.model.models import compute_dtype
-    from studio.train.job import _ckpt
 
     t = spec.train
     dtype = compute_dtype(t.compute_dtype)
@@ -35,7 +44,7 @@ def _common(spec, run_dir: Path, has_eval: bool) -> dict:
         per_device_train_batch_size=t.per_device_train_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim=t.optim,
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, **_ckpt(t.gradient_checkpointing),
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, **checkpointing(t.gradient_checkpointing),
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed,
         data_seed=t.seed, report_to=[] if t.report_to == "none" else [t.report_to], disable_tqdm=True,
         logging_first_step=True, use_cpu=not torch.cuda.is_available(), save_only_model=False,
