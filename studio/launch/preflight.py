@@ -42,6 +42,10 @@ def _collect(spec, runs_root) -> list[Exception]:
     return found
 
 
+RUN_NOUN = {"train": "a training run", "eval": "an evaluation", "export": "an export run", "generate": "a data-generation run",
+            "serve": "a server's run", "?": "a run whose spec cannot be read"}
+
+
 def _output_dir(spec, runs_root) -> None:
     out = Path(spec.output_dir)
     if spec.launch.nnodes > 1 and spec.launch.node_rank > 0:
@@ -55,7 +59,8 @@ def _output_dir(spec, runs_root) -> None:
     except specmod.SpecError:
         task = "?"
     if task != spec.task:
-        raise specmod.SpecError(f"output_dir: {spec.output_dir} holds a {task} run, which this {spec.task} job would replace; "
+        held = RUN_NOUN.get(task, f"a {task} run")
+        raise specmod.SpecError(f"output_dir: {spec.output_dir} holds {held}, which this {spec.task} job would replace; "
                                 f"choose another output_dir, e.g. output_dir=runs/{spec.task}_1")
     if spec.task == "train" and not spec.train.resume_from_checkpoint:
         raise specmod.SpecError(f"output_dir: {spec.output_dir} already holds a run; choose another name, clear the field for a "
