@@ -6,6 +6,7 @@
     studio chat [--model M] [--adapter PATH]
     studio data check [--dataset-dir DIR] [--stage sft|pt] [NAME ...]
     studio runs [--root runs]
+    studio queue [cancel RUN | move RUN --to N] [--root runs]
     studio webui [--host H] [--port P] [--auth USER:PASS]
 """
 from __future__ import annotations
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("studio.evaluate.cli").evaluate.cli.add_cli(sub)
     __import__("studio.export.cli").export.cli.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
+    __import__("studio.launch.queue_cli").launch.queue_cli.add_cli(sub)
     return p
 
 

@@ -200,6 +200,8 @@ def build(ctx) -> None:
                 raise
             return st, _message(str(e), "error"), gr.update()
         rel = spec.output_dir
+        if jobs.notes.get(str(run_dir)):
+            return monitor.follow(run_dir), _message(f"`{rel}` {jobs.notes[str(run_dir)]}", "info"), runs_view.table(runs_root)
         return monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root)
 
     start_btn.click(lambda: _message("checking the data and starting ..."), None, message, queue=False).then(
