@@ -86,6 +86,7 @@ def test_cli_and_page_queue_behind_a_busy_device_with_the_same_words(tmp_path):
         assert [e.name for e in queue.entries(root)] == ["page", "cli"]
         with pytest.raises(specmod.SpecError, match="waiting in the queue"):
             jobs.start(spec, tmp_path, root)
+        queue.cancel("cli", root)  # first: cancelling `page` would let it start on device 1
         res = _studio("queue", "cancel", "page", "--root", str(root))
         assert res.returncode == 0 and "will not start" in res.stdout, res.stderr
         bad = _studio("queue", "cancel", "page", "--root", str(root))
@@ -93,7 +94,6 @@ def test_cli_and_page_queue_behind_a_busy_device_with_the_same_words(tmp_path):
         gone = ev.read_all(root / "page")
         assert [e["event"] for e in gone] == ["aborted"] and gone[0]["message"] == "cancelled before it started"
         assert runs.job_info(root / "page") is None and runs.status(root / "page") == "aborted"
-        queue.cancel("cli", root)
         _wait(lambda: not queue.entries(root), 10, "the queue to empty")
     finally:
         sleeper.kill()
@@ -114,6 +114,15 @@ def test_a_dead_waiter_is_started_again(tmp_path):
         subprocess.run(["kill", "-9", str(pid)])
         _wait(lambda: not runs.pid_alive(pid), 10, "the waiter to die")
         assert queue.revive(root) == 1 and queue.revive(root) == 0
+        queue.submit(specmod.load(ROOT / "examples" / "identity_lora.yaml", [f"output_dir={root / 'later'}"]))
+        from studio.ui import runs_view  # the page's queue view: the same list and actions
+
+        assert runs_view.queue_table(root)[["position", "run"]].values.tolist() == [[1, "next"], [2, "later"]]
+        assert runs_view.queue_action(root, "move", "later", 1) == "moved later to position 1"
+        assert runs_view.queue_table(root)["run"].tolist() == ["later", "next"]
+        assert "is not in the queue" in runs_view.queue_action(root, "cancel", "nope", None)
+        assert "--to 3" in runs_view.queue_action(root, "move", "next", 3)
+        assert runs_view.queue_action(root, "cancel", "later", None) == "cancelled later: it will not start"
         queue.cancel("next", root)
     finally:
         sleeper.kill()

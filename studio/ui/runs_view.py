@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 import yaml
 
+from studio.launch import queue
 from studio.run import events as ev
 from studio.run import status as runs
 from studio import spec as specmod
@@ -27,6 +28,34 @@ def table(runs_root: Path) -> pd.DataFrame:
         rows.append([r.name, r.status, model, r.datasets, r.method, started, steps,
                      f"{r.last_loss:.4f}" if r.last_loss is not None else ""])
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+QUEUE_COLUMNS = ["position", "run", "devices", "queued", "waits for"]
+
+
+def queue_table(runs_root: Path) -> pd.DataFrame:
+    """The jobs waiting for their devices, as `studio queue` lists them."""
+    rows = [[e.position, e.name, e.devices or "all", time.strftime("%H:%M:%S", time.localtime(e.queued)),
+             e.waits_for or "its devices are free: starting"] for e in queue.entries(runs_root)]
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
+def queue_action(runs_root: Path, action: str, run: str, to) -> str:
+    """Cancel or move a waiting job (the same calls as `studio queue cancel|move`); a message for the page."""
+    from studio.errors import is_user_error
+
+    if not run:
+        return "pick a waiting run first (click its row)"
+    try:
+        if action == "cancel":
+            queue.cancel(run, runs_root)
+            return f"cancelled {run}: it will not start"
+        queue.move(run, int(to or 1), runs_root)
+        return f"moved {run} to position {int(to or 1)}"
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        return f"Error: {e}"
 
 
 def spec_dict(run_dir: Path) -> dict:
@@ -62,6 +91,14 @@ def build(ctx, follow_state) -> gr.Dataframe:
         plot = gr.LinePlot(x="step", y="value", color="series", title="loss of the selected runs", height=280, scale=2,
                            elem_id="runs-plot")
         diff = gr.Dataframe(value=pd.DataFrame(columns=["field"]), label="spec fields that differ", interactive=False, scale=1, elem_id="runs-diff")
+    with gr.Accordion("queue: jobs waiting for their devices", open=True):
+        queue_list = gr.Dataframe(value=queue_table(runs_root), headers=QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
+        with gr.Row():
+            queue_run = gr.Textbox(label="waiting run", scale=3, elem_id="queue-run", info="Click a row of the queue to pick it.")
+            queue_to = gr.Number(value=1, precision=0, minimum=1, label="move to position", scale=1, elem_id="queue-to")
+            cancel_btn = gr.Button("Cancel it", size="sm", scale=0, min_width=110, elem_id="queue-cancel")
+            move_btn = gr.Button("Move", size="sm", scale=0, min_width=90, elem_id="queue-move")
+        queue_note = gr.Markdown("", elem_id="queue-note")
     with gr.Accordion("log and spec of the selected run", open=False):
         with gr.Row():
             log = gr.Textbox(lines=16, max_lines=16, label="output.log (end)", elem_id="runs-log")
@@ -74,8 +111,16 @@ def build(ctx, follow_state) -> gr.Dataframe:
         have = names()
         return table(runs_root), gr.update(choices=have, value=[s for s in selected or [] if s in have])
 
-    refresh.click(on_refresh, pick, [listing, pick])
-    ctx.demo.load(on_refresh, pick, [listing, pick])
+    refresh.click(on_refresh, pick, [listing, pick]).then(lambda: queue_table(runs_root), None, queue_list)
+    ctx.demo.load(on_refresh, pick, [listing, pick]).then(lambda: queue_table(runs_root), None, queue_list)
+    def on_queue_row(evt: gr.SelectData):
+        row = evt.row_value or []
+        return row[1] if len(row) > 1 else gr.skip()
+
+    queue_list.select(on_queue_row, None, queue_run)
+    for btn, action in ((cancel_btn, "cancel"), (move_btn, "move")):
+        btn.click(lambda run, to, a=action: queue_action(runs_root, a, run, to), [queue_run, queue_to], queue_note).then(
+            lambda: (queue_table(runs_root), table(runs_root)), None, [queue_list, listing])
     listing.change(lambda sel: gr.update(choices=names(), value=sel), pick, pick)
 
     def on_row(evt: gr.SelectData):
