@@ -67,6 +67,19 @@ def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str 
     return 0 if last["event"] == "done" else 130
 
 
+def resume_spec(run_dir: str | Path, overrides: list[str] | None = None):
+    """The spec that continues a crashed or aborted run: its own spec.yaml, from its last checkpoint."""
+    from studio import spec as specmod
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "spec.yaml").is_file():
+        raise specmod.SpecError(f"--resume {run_dir}: not a run folder (no spec.yaml); studio runs lists the runs")
+    if not runs.resumable(run_dir):
+        why = "it has no checkpoint yet" if runs.last_checkpoint(run_dir) is None else f"it is {runs.status(run_dir)}"
+        raise specmod.SpecError(f"--resume {run_dir}: only a crashed or aborted training run with a checkpoint can be resumed; {why}")
+    return specmod.load(run_dir / "spec.yaml", [*(overrides or []), "train.resume_from_checkpoint=auto", f"output_dir={run_dir}"])
+
+
 class _Started:
     """A job the queue's waiter started: followed by its process group, like a Popen."""
 

@@ -195,6 +195,19 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
     return max(cks)[1] if cks else None
 
 
+def resumable(run_dir: str | Path) -> bool:
+    """A training run that ended early (crashed, aborted, error) and left a checkpoint to continue from."""
+    run_dir = Path(run_dir)
+    if status(run_dir) not in ("crashed", "aborted", "error") or last_checkpoint(run_dir) is None:
+        return False
+    try:
+        import yaml
+
+        return (yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}).get("task", "train") == "train"
+    except Exception:
+        return False
+
+
 def unique_dir(root: str | Path, name: str) -> Path:
     """runs/NAME, or runs/NAME-2, -3 ... if taken."""
     root = Path(root)
