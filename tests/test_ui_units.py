@@ -11,6 +11,7 @@ import pytest
 from studio import spec as specmod
 from studio.ui import form, jobs, monitor, train_tab
 from studio.ui.serve import check_access
+from studio.run import status as runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -185,7 +186,7 @@ def test_preview_marks_trained_tokens_and_refuses_masked_data(tiny_model, tmp_pa
     assert not (tmp_path / "runs" / "m" / "job.json").exists()
 
 
-def test_second_start_on_the_same_devices_is_refused(tmp_path):
+def test_second_start_on_the_same_devices_is_queued(tmp_path):
     runs_root = tmp_path / "runs"
     busy = runs_root / "busy"
     specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
@@ -193,10 +194,11 @@ def test_second_start_on_the_same_devices_is_refused(tmp_path):
     try:
         (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
         second = specmod.load(None, [f"output_dir={runs_root / 'second'}"])
-        with pytest.raises(specmod.SpecError, match="busy is running on the same devices"):
-            jobs.start(second, tmp_path, runs_root)
-        assert not (runs_root / "second").exists()
-        from studio.launch import preflight
+        out = jobs.start(second, tmp_path, runs_root)
+        assert "busy is running on the same devices" in jobs.notes[str(out)] and runs.status(out) == "queued"
+        from studio.launch import preflight, queue
+
+        queue.cancel("second", runs_root)
 
         other_gpu = specmod.load(None, [f"output_dir={runs_root / 'second'}", "launch.devices=1"])
         specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")

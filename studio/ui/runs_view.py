@@ -35,6 +35,7 @@ QUEUE_COLUMNS = ["position", "run", "devices", "queued", "waits for"]
 
 def queue_table(runs_root: Path) -> pd.DataFrame:
     """The jobs waiting for their devices, as `studio queue` lists them."""
+    queue.revive(runs_root)  # a waiter gone after a reboot or a kill starts again
     rows = [[e.position, e.name, e.devices or "all", time.strftime("%H:%M:%S", time.localtime(e.queued)),
              e.waits_for or "its devices are free: starting"] for e in queue.entries(runs_root)]
     return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
