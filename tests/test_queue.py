@@ -127,3 +127,25 @@ def test_a_dead_waiter_is_started_again(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_without_detach_the_cli_waits_its_turn_then_follows(tiny_model, tmp_path):
+    root = tmp_path / "runs"
+    busy = root / "busy"
+    specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+        cli = subprocess.Popen([sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"),
+                                *tiny_spec(tiny_model, tmp_path, output_dir=root / "next", **{"train.max_steps": 2})],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait(lambda: runs.status(root / "next") == "queued", 60, "the job to be queued")
+        time.sleep(2)
+        assert cli.poll() is None  # it waits
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    out, err = cli.communicate(timeout=400)
+    assert cli.returncode == 0, out[-2000:] + err[-2000:]
+    assert "queued at position 1: busy is running on the same devices" in out and "step 2/2" in out and "\ndone:" in out
+    assert runs.status(root / "next") == "done"
