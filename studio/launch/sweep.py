@@ -135,8 +135,12 @@ def run_sweep(path: str | Path, overrides: list[str], dry_run: bool = False, det
         print(f"sweep folder: {folder}; follow with: studio queue, studio runs")
         return 0
     dirs = [Path(s.output_dir) for _, s in points]
+    last = time.time()
     while not all(runs.status(d) in ev.FINAL for d in dirs):
         time.sleep(1.0)
+        if time.time() - last > 30:  # a waiter killed meanwhile starts again
+            queue.revive(runs.root_of(dirs[0]))
+            last = time.time()
     print(format_table(compare(dirs)))
     return 0 if all(runs.status(d) == "done" for d in dirs) else 1
 
