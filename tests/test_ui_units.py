@@ -94,6 +94,10 @@ def test_monitor_final_messages(tmp_path):
     assert "failed" in text and "ValueError: boom" in text and "Traceback" in text
     done = [{"event": "done", "t": 1, "step": 3, "train_loss": 1.25, "path": "runs/x/adapter"}]
     assert "train loss 1.2500" in monitor.final_message(done, "done", tmp_path)
+    best = [{**done[0], "best_step": 2, "best_metric": 1.5, "metric_for_best_model": "eval_loss", "weights_from_step": 2, "early_stopped": True}]
+    assert "best eval_loss 1.5000 at step 2, weights from step 2; early stopping ended it" in monitor.final_message(best, "done", tmp_path)
+    cancelled = [{"event": "aborted", "t": 1, "step": 0, "message": "cancelled before it started"}]
+    assert "aborted:** cancelled before it started" in monitor.final_message(cancelled, "aborted", tmp_path)
 
 
 def test_access_rule():
