@@ -149,3 +149,18 @@ def test_without_detach_the_cli_waits_its_turn_then_follows(tiny_model, tmp_path
     assert cli.returncode == 0, out[-2000:] + err[-2000:]
     assert "queued at position 1: busy is running on the same devices" in out and "step 2/2" in out and "\ndone:" in out
     assert runs.status(root / "next") == "done"
+
+
+def test_a_chat_model_on_a_gpu_holds_it(tmp_path):
+    """The page's chat model registers as a holder: jobs on its GPU wait, others start; a dead holder counts no more."""
+    root = tmp_path / "runs"
+    spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", [f"output_dir={root / 'next'}", "launch.devices=0"])
+    other = specmod.load(ROOT / "examples" / "identity_lora.yaml", [f"output_dir={root / 'other'}", "launch.devices=1"])
+    queue.hold(root, "chat-test", "0", "the page's chat model")
+    assert queue.blocker(spec, root) == "the page's chat model holds the same devices" and queue.blocker(other, root) is None
+    queue.release(root, "chat-test")
+    assert queue.blocker(spec, root) is None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (root / queue.HOLDERS / "gone.json").write_text(json.dumps({"pid": dead.pid, "devices": None, "what": "x"}))
+    assert queue.blocker(spec, root) is None

@@ -96,6 +96,33 @@ def entries(root: str | Path) -> list[Entry]:
     return found
 
 
+HOLDERS = ".holders"  # ROOT/.holders/KEY.json {pid, devices, what}: a process outside the jobs using GPUs (the page's chat)
+
+
+def hold(root: str | Path, key: str, devices: str | None, what: str) -> None:
+    """Say that this process uses `devices` (None: all): queued jobs on them wait until release() or its end."""
+    d = Path(root) / HOLDERS
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{key}.json").write_text(json.dumps({"pid": os.getpid(), "devices": devices, "what": what}))
+
+
+def release(root: str | Path, key: str) -> None:
+    (Path(root) / HOLDERS / f"{key}.json").unlink(missing_ok=True)
+
+
+def holders(root: str | Path) -> list[dict]:
+    """The live holders (a holder whose process is gone counts no more)."""
+    found = []
+    for f in sorted((Path(root) / HOLDERS).glob("*.json")):
+        try:
+            h = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if runs.pid_alive(h.get("pid", -1)):
+            found.append(h)
+    return found
+
+
 def blocker(spec: specmod.JobSpec, root: str | Path) -> str | None:
     """Why `spec` cannot start now (one sentence, the same for the CLI and the page), or None."""
     from studio.launch.preflight import busy_with, devices_overlap
@@ -104,6 +131,9 @@ def blocker(spec: specmod.JobSpec, root: str | Path) -> str | None:
     if other is not None:
         steps = f" (step {other.step}/{other.total_steps})" if other.total_steps else ""
         return f"{runs.display_name(other.path)} is running on the same devices{steps}"
+    for h in holders(root):
+        if devices_overlap(spec.launch.devices, h.get("devices")):
+            return f"{h.get('what', 'another process')} holds the same devices"
     me = Path(spec.output_dir).resolve()
     for e in entries(root):  # those ahead of it: all, for a job not yet in the queue
         if e.path.resolve() == me:

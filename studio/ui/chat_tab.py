@@ -9,6 +9,7 @@ list (↻ re-read dataset_info.json).
 from __future__ import annotations
 
 import html
+import os
 import threading
 import time
 from dataclasses import fields
@@ -19,6 +20,7 @@ import gradio as gr
 from studio.chat.session import ChatSession, GenParams
 from studio.data import collect, registry
 from studio.errors import is_user_error
+from studio.launch import queue
 from studio.ui import app, jobs
 
 TITLE = "Chat"
@@ -78,6 +80,20 @@ def stream_all(jobs_: list, system: str, params: GenParams):
         if not all(done):  # the page went away: end the generations
             for session, _, _ in jobs_:
                 session.stop()
+
+
+CHAT_HOLDER = f"chat-{os.getpid()}"
+
+
+def _hold_gpu(runs_root) -> str:
+    """A chat model on a GPU counts as using it: queued jobs on that GPU wait until Unload (launch/queue.py)."""
+    on_gpu = any(s.loaded and next(s.model.parameters()).device.type == "cuda" for s in SESSIONS.values())
+    if not on_gpu:
+        queue.release(runs_root, CHAT_HOLDER)
+        return ""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES") or None
+    queue.hold(runs_root, CHAT_HOLDER, devices, "the page's chat model")
+    return f" · holds GPU {devices or 'all'}: queued jobs on it wait until you Unload"
 
 
 def build(ctx) -> None:
@@ -146,13 +162,15 @@ def build(ctx) -> None:
             except Exception as e:
                 yield status_html(f"{key.upper()} not loaded: {_problem(e)}", "error")
                 return
-        yield status_html(" · ".join(n.split("\n", 1)[-1] for n in notes if "\n" in n))
+        gpu = _hold_gpu(ctx.runs_root)
+        yield status_html(" · ".join(n.split("\n", 1)[-1] for n in notes if "\n" in n) + gpu)
 
     load.click(on_load, [top["model.name_or_path"], top["model.adapter"], top["model.template"], side, model_b, adapter_b], status)
 
     def on_unload():
         for s in SESSIONS.values():
             s.unload()
+        queue.release(ctx.runs_root, CHAT_HOLDER)
         return status_html("unloaded")
 
     unload.click(on_unload, None, status)
