@@ -8,7 +8,7 @@ PIP    := $(BIN)/pip install -c constraints.txt
 WHEELS := $(HOME)/.cache/studio/wheels
 LLAMA_VERSION := 0.3.36
 
-.PHONY: install webui test test-fast bench clean
+.PHONY: install webui test test-fast bench gpu-check bench-llamafactory clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ bench: $(STAMP) /usr/bin/chromium
 	$(BIN)/python bench/overheads.py
 	$(BIN)/python bench/webui.py
 	$(BIN)/python bench/report.py
+
+# every GPU path once (one CUDA GPU, no network, ~8 minutes on an H100/H200): a pass/fail table in bench/results/gpu_check.md;
+# `python bench/gpu_check.py --dry-run` lists the paths and their commands on any machine
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
+
+# the CPU defaults against LLaMA-Factory 0.9.5 (from PyPI, in its own venv) on the same LoRA job, back to back
+LF_VENV ?= $(HOME)/.cache/studio/lf-venv
+bench-llamafactory: $(STAMP)
+	test -x $(LF_VENV)/bin/llamafactory-cli || ($(PYTHON) -m venv $(LF_VENV) && $(LF_VENV)/bin/pip install -q -c constraints.txt torch==2.13.0 llamafactory==0.9.5 && $(LF_VENV)/bin/pip uninstall -y -q torchvision torchaudio)
+	$(BIN)/python bench/llamafactory.py --lf-venv $(LF_VENV)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -87,9 +87,16 @@ def ceiling(args: list[str], steps: int) -> dict:
     model = methods.apply(spec, models.load_model(spec.model, "bf16").cuda())
     model.config.use_cache = False
     trainer = SFTTrainer(model=model, args=sft_config(spec, Path(tempfile.mkdtemp()), False), train_dataset=train, processing_class=tok)
+    from studio.model import plan
+
+    if plan.plan(spec, plan.Hardware.detect()).packed_rows:  # the batches studio train makes: packed rows, not one giant row
+        from studio.data.packed_rows import use_rows
+
+        use_rows(trainer)
     batches = []
     for b in trainer.get_train_dataloader():
-        batches.append({k: v.cuda() for k, v in b.items() if k in ("input_ids", "labels", "attention_mask", "position_ids")})
+        keep = ("input_ids", "labels", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+        batches.append({k: v.cuda() if hasattr(v, "cuda") else v for k, v in b.items() if k in keep})  # varlen boundaries too
         if len(batches) == steps:
             break
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

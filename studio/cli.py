@@ -4,6 +4,7 @@
     studio train --resume RUN [key=value ...]
     studio eval SPEC [key=value ...]  |  studio eval score PREDICTIONS.jsonl
     studio export SPEC [key=value ...]
+    studio generate SPEC [key=value ...]
     studio chat [--model M] [--adapter PATH]
     studio data check [--dataset-dir DIR] [--stage sft|pt] [NAME ...]
     studio runs [--root runs]
@@ -126,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("studio.chat.cli").chat.cli.add_cli(sub)
     __import__("studio.evaluate.cli").evaluate.cli.add_cli(sub)
     __import__("studio.export.cli").export.cli.add_cli(sub)
+    __import__("studio.generate.cli").generate.cli.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
+    __import__("studio.serve.cli").serve.cli.add_cli(sub)
     __import__("studio.launch.queue_cli").launch.queue_cli.add_cli(sub)
     return p
 

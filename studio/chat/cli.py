@@ -13,6 +13,8 @@ def add_cli(sub) -> None:
     c.add_argument("--adapter", default=None, help="an adapter folder or a run folder (brings its base model and template)")
     c.add_argument("--template", default=None, help="prompt template (default: the run's, else auto)")
     c.add_argument("--system", default="", help="system prompt")
+    c.add_argument("--quantization-bit", type=int, choices=[4, 8], default=None,
+                   help="load the base model in 4 or 8 bits with bitsandbytes (less memory; on a CPU, slower)")
     for f in fields(GenParams):
         c.add_argument("--" + f.name.replace("_", "-"), type=int if f.name in ("top_k", "max_new_tokens", "seed") else float,
                        default=f.default, help=f.metadata["help"])
@@ -36,7 +38,7 @@ def cmd_chat(args) -> int:
     _quiet()
     session = ChatSession()
     print("loading ...", file=sys.stderr, flush=True)
-    print(session.load(args.model, args.adapter, args.template), file=sys.stderr, flush=True)
+    print(session.load(args.model, args.adapter, args.template, args.quantization_bit), file=sys.stderr, flush=True)
     params = GenParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens, args.repetition_penalty, args.seed).check()
     history: list[dict] = []
     failed = 0

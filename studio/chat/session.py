@@ -17,7 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio import spec as specmod
 from studio.model import models
+from studio.run.status import read_spec
 from studio.model.models import ModelError
 
 
@@ -71,19 +73,16 @@ class Source:
     label: str
     note: str = ""
     quantization_bit: int | None = None
+    forced_quantization: bool = False  # asked for (--quantization-bit): also on a CPU
 
 
 def _run_spec(folder: Path) -> dict:
     """The `model` section of the spec saved in (or beside) a folder (an export keeps training_spec.yaml), or {}."""
-    import yaml
-
-    for f in (folder / "training_spec.yaml", folder / "spec.yaml", folder.parent / "spec.yaml"):
-        if f.is_file():
-            try:
-                return (yaml.safe_load(f.read_text()) or {}).get("model") or {}
-            except yaml.YAMLError as e:
-                raise ModelError(f"{f}: cannot read the spec ({e})") from None
-    return {}
+    try:
+        run = read_spec(folder)
+    except specmod.SpecError as e:
+        raise ModelError(f"cannot read the run's spec: {e}") from None
+    return specmod.to_dict(run)["model"] if run else {}
 
 
 def _whole_model(p: Path) -> Path | None:
@@ -208,12 +207,17 @@ class ChatSession:
     def label(self) -> str:
         return self.source.label if self.source else ""
 
-    def load(self, model: str | None = None, adapter: str | None = None, template: str | None = None) -> str:
-        """Load a model, releasing the one loaded before. Bad input raises before anything is released."""
+    def load(self, model: str | None = None, adapter: str | None = None, template: str | None = None,
+             quantization_bit: int | None = None) -> str:
+        """Load a model, releasing the one loaded before. Bad input raises before anything is released.
+        `quantization_bit` (4 or 8) loads the base quantized with bitsandbytes, on a CPU too."""
         from studio.data.templates import Template
 
         with self._load_lock:
             src = resolve(model, adapter, template)
+            if quantization_bit is not None:
+                models.check_quantization(quantization_bit)
+                src.quantization_bit, src.forced_quantization = quantization_bit, True
             tok = models.load_tokenizer(src.model)
             if src.adapter is not None and (src.adapter / "tokenizer_config.json").exists():
                 tok = _adapter_tokenizer(src.adapter, tok)  # saved with the adapter, with the template it trained with
@@ -232,7 +236,7 @@ class ChatSession:
         from studio.spec import ModelSpec
 
         cuda = torch.cuda.is_available()
-        spec_model = ModelSpec(name_or_path=src.model, quantization_bit=src.quantization_bit if cuda else None)
+        spec_model = ModelSpec(name_or_path=src.model, quantization_bit=src.quantization_bit if cuda or src.forced_quantization else None)
         model = models.load_model(spec_model, "auto")
         if cuda and not spec_model.quantization_bit:
             model = model.to("cuda")

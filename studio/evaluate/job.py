@@ -20,6 +20,7 @@ from pathlib import Path
 
 from studio.run import events as ev
 from studio.run import job
+from studio.run.status import read_spec
 from studio.evaluate import metrics as metricsmod
 from studio import spec as specmod
 from studio.evaluate.batchgen import halve_on_oom
@@ -40,15 +41,6 @@ class Entry:
 # --- what to evaluate ---------------------------------------------------------------------------------
 
 
-def _run_spec(folder: Path) -> dict:
-    import yaml
-
-    for f in (folder / "spec.yaml", folder.parent / "spec.yaml"):
-        if f.exists():
-            return yaml.safe_load(f.read_text()) or {}
-    return {}
-
-
 def resolve(target: str, spec) -> Entry:
     """An adapter folder, run folder or checkpoint -> Entry; refuses one trained on another base model."""
     from studio.model import models
@@ -61,14 +53,14 @@ def resolve(target: str, spec) -> Entry:
         folder, adapter = p / "model", None
     else:
         folder = adapter = models.find_adapter(p)
-    rs = _run_spec(folder)
-    trained_on = (rs.get("model") or {}).get("name_or_path") or models.adapter_base(folder)
+    rs = read_spec(folder)
+    trained_on = (rs.model.name_or_path if rs else None) or models.adapter_base(folder)
     if trained_on and not models.same_base(trained_on, base):
         raise models.ModelError(f"{target} was trained on base model `{trained_on}`, but this evaluation uses `{base}`. "
                                 f"Set model.name_or_path={trained_on}, or choose an adapter trained on `{base}`.")
     template = spec.model.template
     if template == "auto":
-        template = (rs.get("model") or {}).get("template") or "auto"
+        template = rs.model.template if rs else "auto"
     run = folder.parent if (folder.parent / "spec.yaml").exists() else (folder if (folder / "spec.yaml").exists() else None)
     name = run.name if run else folder.name
     if run and folder.name.startswith("checkpoint-"):

@@ -73,15 +73,23 @@ def card(name: str, spec, source, run_dir: Path | None, result: dict) -> str:
                   f"{len(v['prompts'])} prompts: {v['summary']} ({'passed' if v['ok'] else 'FAILED'}); "
                   f"top-1 agreement {v['top1_agreement']:.3f}.", ""]
         for name, g in (v.get("gguf") or {}).items():
+            first = (f"; greedy continuation: its first {g['first_tokens_same']} of {g['first_tokens']} tokens as transformers"
+                     if "first_tokens" in g else "")
             lines.append(f"- `{name}` in llama.cpp: same tokens as the tokenizer: {g['same_tokens_as_tokenizer']}; next-token "
-                         f"agreement with transformers {g['top1_agreement']:.3f}; largest logit difference {g['max_logit_diff']:.3g}.")
+                         f"agreement with transformers {g['top1_agreement']:.3f}; largest logit difference {g['max_logit_diff']:.3g}{first}.")
         lines += ["", f"Sample (greedy): **{v['sample']['prompt']}** → {v['sample']['answer']}", ""]
     lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              f"PATH = {json.dumps(result.get('export_dir') or 'EXPORT_DIR')}  # this folder",
               "tok = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)",
-              "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Who are you?'}], add_generation_prompt=True, return_tensors='pt')",
-              "print(tok.decode(model.generate(ids, max_new_tokens=64)[0][ids.shape[1]:], skip_special_tokens=True))", "```", ""]
+              "inputs = tok.apply_chat_template([{'role': 'user', 'content': 'Who are you?'}], add_generation_prompt=True,",
+              "                                 return_tensors='pt', return_dict=True)",
+              "out = model.generate(**inputs, max_new_tokens=64)",
+              "print(tok.decode(out[0][inputs['input_ids'].shape[1]:], skip_special_tokens=True))", "```", ""]
     if result.get("gguf"):
         lines += [f"GGUF: {', '.join(result['gguf'])} (llama.cpp: `llama-cli -m {result['gguf'][0]} -cnv`)."]
+        from studio.export.quant import summary
+
+        lines += [f"- {summary(n, r)}" for n, r in (result.get("gguf_quant") or {}).items()]
     if result.get("modelfile"):
         lines += ["", f"Ollama: `{result['ollama_command']}`"]
     if result.get("gguf_skipped"):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 # llama.cpp computes in its own precision; its next-token choice must agree with transformers on nearly every
 # prompt position (a wrong tensor layout agrees almost nowhere).
-GGUF_MIN_AGREEMENT = {"f32": 0.95, "f16": 0.95, "bf16": 0.9, "q8_0": 0.8}
+# The k-quants round harder (4-6 bits per weight), so fewer positions keep transformers' first choice.
+GGUF_MIN_AGREEMENT = {"f32": 0.95, "f16": 0.95, "bf16": 0.9, "q8_0": 0.8, "q6_k": 0.8, "q5_k_m": 0.75, "q4_k_m": 0.7}
+FIRST_TOKENS = 8  # greedy continuation of the first prompt compared token by token with transformers
 
 
 def logits(model, tok, prompts: list[str]) -> list:
@@ -55,15 +57,17 @@ def verify(export_dir: Path, tok, prompts: list[str], ref: list, dtype: str, tol
     worst = max(diffs)
     ok = worst <= tolerance
     return {
-        "ok": ok, "max_logit_diff": worst, "tolerance": tolerance, "dtype": dtype, "per_prompt_max_diff": diffs,
+        "ok": ok, "max_logit_diff": worst, "greedy_ids": gen[0, ids.shape[1]:].tolist(), "tolerance": tolerance, "dtype": dtype, "per_prompt_max_diff": diffs,
         "top1_agreement": min(agree), "prompts": prompts, "sample": {"prompt": question or prompts[0], "answer": answer},
         "summary": f"largest logit difference {worst:.4g} {'<=' if ok else '>'} {tolerance} allowed for {dtype}",
         "reference": "base model (fp32) + adapter, unmerged",
     }, got
 
 
-def check_gguf(export_dir: Path, files: list[str], tok, prompts: list[str], ref: list) -> dict | None:
-    """Load each GGUF file in llama.cpp: same tokens as the tokenizer, same next-token choices as transformers.
+def check_gguf(export_dir: Path, files: list[str], tok, prompts: list[str], ref: list,
+               greedy: list[int] | None = None) -> dict | None:
+    """Load each GGUF file in llama.cpp: same tokens as the tokenizer, same next-token choices as transformers,
+    and (given transformers' greedy continuation of the first prompt) how many of its first tokens llama.cpp repeats.
 
     None when llama-cpp-python is not installed.
     """
@@ -91,10 +95,29 @@ def check_gguf(export_dir: Path, files: list[str], tok, prompts: list[str], ref:
                 got = np.asarray(llm.scores[: len(i)], dtype=np.float32)
                 diffs.append(float(np.abs(got - r).max()))
                 agree.append(float((got.argmax(-1) == r.argmax(-1)).mean()))
+            same_first = _same_first(llm, ids[0], (greedy or [])[:FIRST_TOKENS])
         finally:
             llm.close()
         agreement = float(np.mean(agree))
         ok = same_tokens and agreement >= GGUF_MIN_AGREEMENT.get(qtype, 0.8)
         out[name] = {"ok": ok, "same_tokens_as_tokenizer": same_tokens, "max_logit_diff": max(diffs),
                      "top1_agreement": agreement, "min_agreement": GGUF_MIN_AGREEMENT.get(qtype, 0.8)}
+        if greedy:
+            out[name]["first_tokens_same"] = same_first
+            out[name]["first_tokens"] = len(greedy[:FIRST_TOKENS])
     return out
+
+
+def _same_first(llm, prompt_ids: list[int], want: list[int]) -> int:
+    """How many leading tokens of llama.cpp's greedy continuation equal `want` (transformers' greedy tokens)."""
+    if not want:
+        return 0
+    llm.reset()
+    n = 0
+    for i, t in enumerate(llm.generate(prompt_ids, temp=0.0, top_k=1)):
+        if t != want[i]:
+            break
+        n += 1
+        if n == len(want):
+            break
+    return n

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from studio import spec as specmod
+from studio.export import quant as export_quant
 from studio.model.source import defaults_from_run
 from studio.run import events as ev
 
@@ -32,8 +33,10 @@ def summary(end: dict) -> str:
     if v:
         lines.append(f"verification: {v['summary']} (top-1 agreement {v['top1_agreement']:.3f})")
         lines += [f"llama.cpp {n}: {'ok' if g['ok'] else 'FAILED'}, next-token agreement {g['top1_agreement']:.3f}, "
-                  f"same tokens {g['same_tokens_as_tokenizer']}" for n, g in (v.get("gguf") or {}).items()]
+                  f"same tokens {g['same_tokens_as_tokenizer']}" + (f", first {g['first_tokens_same']}/{g['first_tokens']} greedy tokens "
+                  "as transformers" if "first_tokens" in g else "") for n, g in (v.get("gguf") or {}).items()]
         lines.append(f"sample: {v['sample']['prompt']} -> {v['sample']['answer']}")
+    lines += [export_quant.summary(n, r) for n, r in (end.get("gguf_quant") or {}).items()]
     for key in ("why_not_merged", "gguf_skipped"):
         if end.get(key):
             lines.append(end[key])

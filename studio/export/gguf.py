@@ -4,10 +4,11 @@
     fmt = turn_format(render)            # the chat template as fixed text around each turn, or None
     modelfile("model-f16.gguf", fmt, stops)
 
-Follows llama.cpp's convert_hf_to_gguf.py for LlamaForCausalLM: hyperparameters under `llama.*`, the
-GPT-2-style BPE vocabulary (tokens, token types, merges, special ids, pre-tokenizer name), the chat
-template, and the q/k projection rows permuted into the rotary layout llama.cpp uses. Tensors are
-converted and written one at a time, so memory stays near one tensor.
+Follows llama.cpp's convert_hf_to_gguf.py for Llama, Mistral, Qwen2/Qwen2.5 and Qwen3 (studio/export_arch.py):
+hyperparameters under the architecture's name, the GPT-2-style BPE vocabulary (tokens, token types, merges,
+special ids, pre-tokenizer name), the chat template, and for `llama` the q/k projection rows permuted into
+the rotary layout llama.cpp uses. Tensors are converted and written one at a time, so memory stays near one
+tensor. The k-quants (q4_k_m, ...) are made from the f16 file by llama.cpp's own quantizer (export_quant.py).
 """
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-ARCHS = {"LlamaForCausalLM": "llama"}
+from studio.export import arch as export_arch
+from studio.export.arch import Unsupported
+
 TYPES = ["f32", "f16", "bf16", "q8_0"]
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2, Qwen2.5 and Qwen3: one digit per token
 
 
-class Unsupported(ValueError):
-    """This model cannot be written as GGUF here; the message says why and what to use instead."""
 
 
 def unsupported(model_dir: str | Path) -> str | None:
@@ -37,10 +39,7 @@ def unsupported(model_dir: str | Path) -> str | None:
 
 
 def _check(cfg: dict, model_dir: Path) -> str:
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in ARCHS:
-        raise Unsupported(f"GGUF is written for Llama-family models ({', '.join(ARCHS)}); this model is {arch}. "
-                          "The Hugging Face export is complete: convert it with llama.cpp's convert_hf_to_gguf.py")
+    export_arch.find(cfg)
     rope = _rope(cfg)
     if rope.get("rope_type", "default") not in ("default", "linear", "llama3"):
         raise Unsupported(f"GGUF: rope type `{rope.get('rope_type')}` is not handled here; use llama.cpp's convert_hf_to_gguf.py")
@@ -67,8 +66,10 @@ def _pre_name(model_dir: Path) -> str:
             return "smollm"
         if kinds == ["Split", "ByteLevel"] and (steps[0].get("pattern") or {}).get("Regex") == LLAMA3_SPLIT:
             return "llama-bpe"
+        if kinds == ["Split", "ByteLevel"] and (steps[0].get("pattern") or {}).get("Regex") == QWEN2_SPLIT:
+            return "qwen2"
     raise Unsupported(f"GGUF: tokenizer {tj.get('model', {}).get('type')} with pre-tokenizer {kinds} is not one this "
-                      "converter knows (byte-level BPE: GPT-2, SmolLM, Llama 3); use llama.cpp's convert_hf_to_gguf.py")
+                      "converter knows (byte-level BPE: GPT-2, SmolLM, Llama 3, Qwen2); use llama.cpp's convert_hf_to_gguf.py")
 
 
 def _permute(w, n_head: int):
@@ -98,7 +99,8 @@ def _rope_freqs(cfg: dict, rope: dict, head_dim: int):
 
 
 class _Tensor:
-    """One tensor of a safetensors file, read when called (float32 numpy), with llama.cpp's q/k permutation."""
+    """One tensor of a safetensors file, read when called (float32 numpy), with llama.cpp's q/k permutation
+    when the architecture needs it (n_head 0: none)."""
 
     def __init__(self, file: Path, name: str, n_head: int, n_kv: int):
         self.file, self.name, self.n_head, self.n_kv = file, name, n_head, n_kv
@@ -114,6 +116,8 @@ class _Tensor:
 
         with safe_open(str(self.file), framework="pt") as f:
             x = f.get_tensor(self.name).float().numpy()
+        if not self.n_head:
+            return x
         if self.name.endswith(("q_proj.weight", "q_proj.bias")):
             x = _permute(x, self.n_head)
         elif self.name.endswith(("k_proj.weight", "k_proj.bias")):
@@ -193,7 +197,7 @@ def write(model_dir: str | Path, out: str | Path, qtype: str, chat_template: str
     model_dir, out = Path(model_dir), Path(out)
     cfg = json.loads((model_dir / "config.json").read_text())
     pre = _check(cfg, model_dir)
-    arch = ARCHS[cfg["architectures"][0]]
+    arch = export_arch.find(cfg)
     q = {"f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
          "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
          "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
@@ -203,7 +207,7 @@ def write(model_dir: str | Path, out: str | Path, qtype: str, chat_template: str
     head_dim = cfg.get("head_dim") or hidden // n_head
     rope = _rope(cfg)
 
-    w = gguf.GGUFWriter(out, arch)
+    w = gguf.GGUFWriter(out, arch.gguf)
     w.add_name(name)
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(hidden)
@@ -224,17 +228,14 @@ def write(model_dir: str | Path, out: str | Path, qtype: str, chat_template: str
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _vocab(w, model_dir, cfg, pre, chat_template, stop_ids)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
+    names = arch.tensor_names(n_layer)
     plan = []  # (gguf name, tensor)
     if rope.get("rope_type") == "llama3":
         plan.append(("rope_freqs.weight", _Array(_rope_freqs(cfg, rope, head_dim))))
-    for t in _tensors(model_dir, n_head, n_kv):
+    for t in _tensors(model_dir, n_head if arch.permute_qk else 0, n_kv):
         if t.name.endswith("rotary_emb.inv_freq") or (t.name == "lm_head.weight" and cfg.get("tie_word_embeddings")):
             continue
-        g_name = names.get_name(t.name, try_suffixes=(".weight", ".bias"))
-        if g_name is None:
-            raise Unsupported(f"GGUF: tensor {t.name} has no llama.cpp name; use llama.cpp's convert_hf_to_gguf.py")
-        plan.append((g_name, t))
+        plan.append((export_arch.tensor_name(arch, names, t.name), t))
     types = []
     for g_name, t in plan:
         shape = t.shape()

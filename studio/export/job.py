@@ -24,14 +24,16 @@ from pathlib import Path
 
 from studio.run import events as ev
 from studio.run import job
+from studio.export import quant as export_quant
 from studio.model.source import MANIFEST, find_source, target_dir
+from studio.run.filemodes import usual_modes
 
 PROMPTS = ["Who are you?", "What is your name?", "Write one sentence about the sea.", "What is 12 plus 30?"]
 # Largest logit difference accepted between the export and base + adapter (fp32 reference), per stored dtype:
 # rounding every weight to fp16 (bf16) moves logits of small models by ~0.02 (~0.2); a broken merge moves them by whole units.
 TOLERANCE = {"fp32": 1e-2, "fp16": 0.25, "bf16": 1.5}
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-GGUF_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+GGUF_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.62, "q5_k_m": 0.72, "q6_k": 0.83}
 
 
 def _free_bytes(path: Path) -> int:
@@ -53,6 +55,7 @@ class Job:
         self.spec, self.run_dir, self.writer = spec, run_dir, writer
         self.source = find_source(spec)
         self.target = target_dir(spec, self.source)
+        export_quant.check(spec.export.gguf)
         self.tmp = self.target.parent / f".{self.target.name}.partial"
         self.timings: dict = {}
         self.phases = self._phases()
@@ -63,7 +66,7 @@ class Job:
             return ["copy adapter", "model card"]
         out = ["load", "merge" if self.source.kind == "merge" else "load model", "save"]
         out += ["verify"] if self.spec.export.verify else []
-        out += [f"gguf {q}" for q in self.spec.export.gguf]
+        out += [f"gguf {q}" for q in gguf_order(self.spec.export.gguf)]
         if self.spec.export.verify and self.spec.export.gguf and importlib.util.find_spec("llama_cpp"):
             out.append("llama.cpp check")
         return out + ["model card"]
@@ -160,16 +163,27 @@ class Job:
             return
         name = self.name()
         files = []
-        for q in ex.gguf:
+        f16 = self.tmp / "model-f16.gguf"
+        scratch = self.tmp / ".model-f16.gguf"  # the quantizer's source when no f16 file was asked for
+        for q in gguf_order(ex.gguf):
             self.phase(f"gguf {q}")
             out = self.tmp / f"model-{q}.gguf"
-            export_gguf.write(self.tmp, out, q, template.chat_template(), stop_ids, name=name)
+            if q in export_quant.KQUANTS:
+                if not f16.exists() and not scratch.exists():
+                    export_gguf.write(self.tmp, scratch, "f16", template.chat_template(), stop_ids, name=name)
+                report = export_quant.quantize(f16 if f16.exists() else scratch, out, q)
+                result.setdefault("gguf_quant", {})[out.name] = report
+                self.writer.write("message", text=export_quant.summary(out.name, report))
+            else:
+                export_gguf.write(self.tmp, out, q, template.chat_template(), stop_ids, name=name)
             files.append(out.name)
             self.end_phase()
+        scratch.unlink(missing_ok=True)
         result["gguf"] = files
         if "llama.cpp check" in self.phases:
             self.phase("llama.cpp check")
-            checks = export_checks.check_gguf(self.tmp, files, tok, prompts, self.export_logits)
+            checks = export_checks.check_gguf(self.tmp, files, tok, prompts, self.export_logits,
+                                              result["verify"].get("greedy_ids"))
             result["verify"]["gguf"] = checks
             result["verify"]["ok"] = result["verify"]["ok"] and all(c["ok"] for c in checks.values())
             self.end_phase()
@@ -183,7 +197,7 @@ class Job:
             return
         stops = [template.stop] if template.stop else []
         stops += [t for t in result["stop"] if t not in stops]
-        main = "model-f16.gguf" if "model-f16.gguf" in files else files[0]
+        main = next((f for f in ("model-q4_k_m.gguf", "model-f16.gguf") if f in files), files[0])
         (self.tmp / "Modelfile").write_text(export_gguf.modelfile(main, fmt, stops), encoding="utf-8")
         result["modelfile"] = "Modelfile"
         result["ollama_command"] = f"cd {self.target.resolve()} && ollama create {_ollama_name(name)} -f Modelfile && ollama run {_ollama_name(name)}"
@@ -195,7 +209,8 @@ class Job:
 
     def _check_space(self, n_params: int):
         ex = self.spec.export
-        need = n_params * (BYTES[ex.dtype] + sum(GGUF_BYTES[q] for q in ex.gguf)) * 1.05 + 50e6
+        scratch = 2.0 if "f16" not in ex.gguf and set(ex.gguf) & {"q4_k_m", "q5_k_m", "q6_k"} else 0.0
+        need = n_params * (BYTES[ex.dtype] + sum(GGUF_BYTES[q] for q in ex.gguf) + scratch) * 1.05 + 50e6
         free = _free_bytes(self.target.parent)
         if free < need:
             from studio.model.models import ModelError
@@ -225,6 +240,7 @@ class Job:
             run_dir = run_dir.parent
         if "verify" in result:
             (self.tmp / "verify.json").write_text(json.dumps(result["verify"], indent=2), encoding="utf-8")
+        result["export_dir"] = str(self.target.resolve())
         (self.tmp / "README.md").write_text(export_card.card(self.name(), self.spec, self.source, run_dir, result), encoding="utf-8")
         self.end_phase()
         files = {p.relative_to(self.tmp).as_posix(): p.stat().st_size for p in sorted(self.tmp.rglob("*")) if p.is_file()}
@@ -233,6 +249,7 @@ class Job:
                     "dtype": self.spec.export.dtype, "created": time.time(), **{k: v for k, v in result.items() if k != "files"},
                     "files": files}
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        usual_modes(self.tmp)  # safetensors writes 0600: the weights must be as readable as the other files
         old = self.target.parent / f".{self.target.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if self.target.exists():
@@ -240,6 +257,12 @@ class Job:
         self.tmp.rename(self.target)
         shutil.rmtree(old, ignore_errors=True)
         self.writer.write("progress", done=len(self.phases), total=len(self.phases), unit="phases", phase="done")
+
+
+def gguf_order(types: list[str]) -> list[str]:
+    """The GGUF types in writing order: the files written directly first, then the k-quants made from f16."""
+    k = export_quant.KQUANTS
+    return [q for q in types if q not in k] + [q for q in types if q in k]
 
 
 def _ollama_name(name: str) -> str:

@@ -23,7 +23,8 @@ from studio.run import job
 from studio.run import status as runs
 from studio.spec import JobSpec
 
-ENTRY = {"train": "studio.train.job", "eval": "studio.evaluate.job", "export": "studio.export.job"}
+ENTRY = {"train": "studio.train.job", "eval": "studio.evaluate.job", "export": "studio.export.job", "generate": "studio.generate.job",
+         "serve": "studio.serve.job"}
 DEFAULT_PORT = 29500  # torchrun's own default; every node of a multi-node job must use the same port
 
 

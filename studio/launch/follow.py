@@ -51,7 +51,7 @@ def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str 
         return _wait_node(run_dir, proc, offset)
 
     def forward(signum, frame):
-        print("\nstopping: the job saves a checkpoint and ends (Ctrl-C again to kill it) ...", file=sys.stderr, flush=True)
+        print("\nstopping: the job saves what it has and ends (Ctrl-C again to kill it) ...", file=sys.stderr, flush=True)
         process.stop(run_dir, wait=False)
         signal.signal(signal.SIGINT, lambda s, f: process.stop(run_dir, grace=0))
 

@@ -126,9 +126,24 @@ def _eval(spec, runs_root) -> None:
 
 
 def _export(spec, runs_root) -> None:
+    from studio.export import quant
     from studio.model.source import find_source, target_dir
 
     target_dir(spec, find_source(spec))
+    quant.check(spec.export.gguf)  # k-quants need llama.cpp's quantizer
 
 
-TASK_RULES = {"train": (_train_data, _train_method), "eval": (_eval,), "export": (_export,)}
+def _generate(spec, runs_root) -> None:
+    """The source dataset, the output name, the local generator's model."""
+    from studio.data import registry
+    from studio.data.encode import usable
+    from studio.evaluate.job import resolve
+    from studio.generate import store
+
+    usable(registry.entry(spec.data.dataset_dir, spec.generate.source), "sft")
+    store.check_output(spec, spec.output_dir)
+    if spec.generate.generator == "local":
+        resolve(spec.model.adapter or "base", spec)
+
+
+TASK_RULES = {"train": (_train_data, _train_method), "eval": (_eval,), "export": (_export,), "generate": (_generate,)}

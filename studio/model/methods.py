@@ -272,6 +272,13 @@ def preflight(spec: JobSpec) -> None:
     if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
         fields = "model.quantization_bit" if mo.quantization_bit is not None else f"train.optim={t.optim}"
         raise SpecError(f"{fields}: needs the bitsandbytes package; pip install bitsandbytes")
+    if t.liger_kernel or mo.attn_implementation not in ("auto", "eager", "sdpa"):
+        from studio import plan
+        from studio.launch import devices
+
+        hw = plan.Hardware.light(spec.launch.devices)
+        if hw.cuda or spec.launch.devices == "cpu" or not devices.detect():
+            plan.plan(spec, hw)  # kernels the hardware or the installed packages lack: refused before Start
     if t.compute_dtype == "fp16":  # without importing torch (the web UI calls this); bf16 on an old GPU: the child says so
         from studio.launch import devices
 

@@ -127,6 +127,19 @@ def quantization_config(spec_model, dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def check_quantization(bit: int | None) -> None:
+    """Refuse a quantized load that cannot work here (serve and chat, `--quantization-bit 4|8`)."""
+    if bit is None:
+        return
+    if bit not in (4, 8):
+        raise ModelError(f"--quantization-bit {bit}: choose 4 or 8")
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # not installed, or no kernel for this machine
+        raise ModelError(f"--quantization-bit {bit} needs bitsandbytes, which cannot be loaded here ({type(e).__name__}: {e}); "
+                         "install it (pip install bitsandbytes) or leave out --quantization-bit") from None
+
+
 def load_model(spec_model, dtype_name: str = "auto", for_training: bool = False, device_map=None):
     """The base model of a spec's `model` section (quantized when asked); no adapter."""
     import torch
@@ -135,10 +148,14 @@ def load_model(spec_model, dtype_name: str = "auto", for_training: bool = False,
     dtype = compute_dtype(dtype_name)
     path = resolve(spec_model.name_or_path)
     qconf = quantization_config(spec_model, dtype)
-    kwargs = dict(dtype=dtype, trust_remote_code=spec_model.trust_remote_code)
+    from studio.model import plan
+
+    attn = plan.attn_implementation(getattr(spec_model, "attn_implementation", "auto"), plan.Hardware.detect())
+    kwargs = dict(dtype=dtype, trust_remote_code=spec_model.trust_remote_code, attn_implementation=attn)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-        kwargs["device_map"] = device_map or ({"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"})
+        # each torchrun rank on its own GPU: the trainer has not set the current device yet when the model loads
+        kwargs["device_map"] = device_map or plan.local_device_map(torch.cuda.is_available())
     elif device_map:
         kwargs["device_map"] = device_map
     try:
@@ -150,13 +167,12 @@ def load_model(spec_model, dtype_name: str = "auto", for_training: bool = False,
 
 def adapter_base(adapter_dir: str | Path) -> str | None:
     """The base model an adapter was trained on, as its run's spec (or adapter_config.json) names it."""
-    adapter_dir = Path(adapter_dir)
-    for spec_file in (adapter_dir / "spec.yaml", adapter_dir.parent / "spec.yaml"):
-        if spec_file.exists():
-            import yaml
+    from studio.run.status import read_spec
 
-            data = yaml.safe_load(spec_file.read_text()) or {}
-            return (data.get("model") or {}).get("name_or_path")
+    adapter_dir = Path(adapter_dir)
+    run = read_spec(adapter_dir)
+    if run is not None:
+        return run.model.name_or_path
     cfg = adapter_dir / "adapter_config.json"
     if cfg.exists():
         return json.loads(cfg.read_text()).get("base_model_name_or_path")

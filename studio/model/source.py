@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.spec import SpecError
+from studio.spec import SpecError, to_dict
 
 MANIFEST = "export.json"  # written last into every export: marks a folder as one
 
@@ -26,13 +26,15 @@ class Source:
     peft_type: str = ""
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
+def _read_run(folder: Path) -> tuple[dict, Path | None]:
+    """The training run's spec (as a dict, for the model card) and its file, read through spec.load."""
+    from studio.run.status import read_spec, spec_file
 
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
+    f = spec_file(folder)
+    if f is None or f.name != "spec.yaml":
+        return {}, None
+    run = read_spec(folder)
+    return (to_dict(run) if run else {}), f
 
 
 def find_source(spec) -> Source:
@@ -46,8 +48,7 @@ def find_source(spec) -> Source:
             raise SpecError(f"model.adapter: {p} not found; give a run folder, its adapter/ folder, or a model/ folder")
         if (p / "adapter_config.json").exists() or (p / "adapter" / "adapter_config.json").exists():
             adapter = models.find_adapter(p)
-            spec_file = next((f for f in (adapter / "spec.yaml", adapter.parent / "spec.yaml") if f.is_file()), None)
-            run = _read_yaml(spec_file) if spec_file else {}
+            run, spec_file = _read_run(adapter)
             peft_type = json.loads((adapter / "adapter_config.json").read_text()).get("peft_type", "")
             trained_on = models.adapter_base(adapter)
             if trained_on and not models.same_base(trained_on, m.name_or_path):
@@ -66,8 +67,7 @@ def find_source(spec) -> Source:
 
 
 def _full(spec, model_dir: Path) -> Source:
-    spec_file = next((f for f in (model_dir / "spec.yaml", model_dir.parent / "spec.yaml") if f.is_file()), None)
-    run = _read_yaml(spec_file) if spec_file else {}
+    run, spec_file = _read_run(model_dir)
     return Source("full", str(model_dir), None, run, spec_file, _template(spec, run))
 
 

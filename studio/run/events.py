@@ -8,6 +8,7 @@ Every event has `event` (its kind) and `t` (unix time, seconds). The kinds:
     checkpoint  step, path
     progress    done, total, rate, eta_s, (unit)          -- eval / export jobs
     message     text                                     -- a note for the user (warnings, phases)
+    stats       requests, tokens, tokens_per_second, cancelled, failed, busy   -- serve jobs, every serve.stats_every s
     done        ...final metrics                         -- exactly one of these three ends a job
     error       message, traceback
     aborted     step

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from studio import spec as specmod
 from studio.run import events as ev
 
 JOB = "job.json"
@@ -112,22 +113,40 @@ def status(run_dir: str | Path, events: list[dict] | None = None) -> str:
     return "new"
 
 
+SPEC_FILES = ("training_spec.yaml", "spec.yaml")  # an export keeps its run's spec as training_spec.yaml
+
+
+def spec_file(folder: str | Path) -> Path | None:
+    """The spec saved in a folder or beside it: a run folder, its adapter/, model/ or checkpoint-N/, or an export."""
+    folder = Path(folder)
+    cands = [folder / n for n in SPEC_FILES] + [folder.parent / "spec.yaml"]
+    return next((f for f in cands if f.is_file()), None)
+
+
+def read_spec(folder: str | Path):
+    """The typed spec saved in (or beside) `folder`, through spec.load; None when there is none. SpecError names the
+    file when it cannot be read."""
+    f = spec_file(folder)
+    return specmod.load(f) if f else None
+
+
 def info(run_dir: str | Path) -> RunInfo:
     run_dir = Path(run_dir)
     events = ev.read_all(run_dir)
     r = RunInfo(path=run_dir, status=status(run_dir, events))
     try:
-        import yaml
-
-        spec = yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
-    except Exception:
-        spec = {}
-    r.task = spec.get("task", "train")
-    r.model = (spec.get("model") or {}).get("name_or_path", "")
-    data = spec.get("data") or {}
-    r.datasets = ",".join((r.task == "eval" and data.get("eval_dataset")) or data.get("dataset") or [])
-    m = spec.get("method") or {}
-    r.method = f"{m.get('stage', '')}/{m.get('finetuning_type', '')}".strip("/")
+        spec = specmod.load(run_dir / "spec.yaml")
+    except (OSError, specmod.SpecError):
+        spec = None
+    if spec is not None:
+        r.task, r.model = spec.task, spec.model.name_or_path
+        r.datasets = ",".join((r.task == "eval" and spec.data.eval_dataset) or spec.data.dataset)
+        r.method = f"{spec.method.stage}/{spec.method.finetuning_type}"
+        if r.task == "serve":  # a server has no data or method: show what it serves
+            r.method = "api"
+            r.datasets = ",".join(str(a).split("=", 1)[0] for a in spec.serve.adapters) or "(base)"
+        elif r.task == "generate":
+            r.method, r.datasets = spec.generate.mode, spec.generate.output_dataset
     for e in events:
         if e["event"] == "start":
             r.started = e["t"]

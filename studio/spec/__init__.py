@@ -9,7 +9,7 @@ and the web UI both show it. Unknown keys and bad values raise `SpecError`, whic
 fields.py: SpecError and the field constructors; sections.py: the sections; io.py: YAML, overrides and
 coercion; rules.py: validation.
 """
-from studio.spec.fields import DEEPSPEED_PRESETS, FINETUNING_TYPES, OPTIMIZERS, PROMPT_STYLE, SCHEDULERS, SpecError  # noqa: F401
+from studio.spec.fields import DEEPSPEED_PRESETS, FINETUNING_TYPES, GGUF_TYPES, OPTIMIZERS, PROMPT_STYLE, SCHEDULERS, SpecError  # noqa: F401
 from studio.spec.io import (  # noqa: F401
     _hints, _is_section, dump, dumps, field_help, field_info, flatten, from_dict, get, load, merge, parse_overrides,
     read_yaml, to_dict,

@@ -27,3 +27,5 @@ OPTIMIZERS = ["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 DEEPSPEED_PRESETS = ["z0", "z2", "z2_offload", "z3", "z3_offload"]
 
 PROMPT_STYLE = ("prefix", "prompt", "ptuning", "ptuning_v2")
+GGUF_TYPES = ("q4_k_m", "f16", "q8_0", "q5_k_m", "q6_k", "bf16", "f32")  # Q4_K_M first: what Ollama users run
+ATTN_IMPLEMENTATIONS = ["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"]

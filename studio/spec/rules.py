@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from studio.spec.fields import DEEPSPEED_PRESETS, PROMPT_STYLE, SpecError
+from studio.spec.fields import DEEPSPEED_PRESETS, GGUF_TYPES, PROMPT_STYLE, SpecError
 
 
 def _check_choices(section, prefix: str, bad):
@@ -46,6 +46,12 @@ def validate(spec):
         bad("train.warmup_ratio: must be in [0, 1)")
     _validate_best(spec, bad)
     _validate_method(spec, bad)
+    _validate_generate(spec.generate, bad)
+    sv = spec.serve
+    if not 1 <= sv.port <= 65535:
+        bad(f"serve.port: {sv.port} is not a TCP port (1-65535)")
+    if sv.max_batch_size < 1 or sv.max_tokens < 1 or sv.stats_every <= 0 or (sv.num_threads is not None and sv.num_threads < 1):
+        bad("serve.max_batch_size, serve.max_tokens and serve.num_threads: at least 1; serve.stats_every: above 0")
     if la.nproc_per_node < 1 or la.nnodes < 1:
         bad("launch.nproc_per_node and launch.nnodes: must be at least 1")
     if not 0 <= la.node_rank < la.nnodes:
@@ -62,9 +68,10 @@ def validate(spec):
     if la.deepspeed and mo.quantization_bit is not None and la.deepspeed.startswith("z3"):
         bad("launch.deepspeed z3 with model.quantization_bit: ZeRO-3 cannot shard bitsandbytes weights; use z2")
     ex = spec.export
-    unknown = [q for q in ex.gguf if q not in ("f32", "f16", "bf16", "q8_0")]
+    ex.gguf = [str(q).lower() for q in ex.gguf]
+    unknown = [q for q in ex.gguf if q not in GGUF_TYPES]
     if unknown:
-        bad(f"export.gguf: {', '.join(map(str, unknown))} not known; choose from f16, q8_0, bf16, f32 (or an empty list)")
+        bad(f"export.gguf: {', '.join(map(str, unknown))} not known; choose from {', '.join(GGUF_TYPES)} (or an empty list)")
     if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]i?B\s*", str(ex.max_shard_size), re.I):
         bad(f"export.max_shard_size: `{ex.max_shard_size}` is not a size like 500MB or 2GB")
     if problems:
@@ -151,3 +158,26 @@ def _validate_method(spec, bad) -> None:
         bad("train.max_grad_norm: must be 0 (no clipping) or more")
     if t.neftune_alpha is not None and t.neftune_alpha <= 0:
         bad("train.neftune_alpha: must be greater than 0 (5 is typical), or empty for off")
+
+
+def _validate_generate(g, bad) -> None:
+    for name in ("num_instructions", "num_prompt_instructions", "instructions_per_request", "batch_size", "max_rounds",
+                 "max_new_tokens", "concurrency", "min_words", "max_words"):
+        if getattr(g, name) < 1:
+            bad(f"generate.{name}: must be at least 1")
+    if g.retries < 0:
+        bad("generate.retries: must be 0 or more")
+    if g.min_words > g.max_words:
+        bad(f"generate.min_words ({g.min_words}) must not exceed generate.max_words ({g.max_words})")
+    if not 0 < g.similarity_threshold <= 1:
+        bad("generate.similarity_threshold: must be in (0, 1]; 0.7 is the Alpaca value")
+    if g.temperature < 0 or not 0 < g.top_p <= 1:
+        bad("generate.temperature: 0 or more; generate.top_p: in (0, 1]")
+    if g.timeout <= 0:
+        bad("generate.timeout: must be greater than 0 seconds")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", g.output_dataset or ""):
+        bad(f"generate.output_dataset: `{g.output_dataset}` is not a plain name (letters, digits, _ . -), e.g. my_generated")
+    if g.generator == "endpoint" and not (g.base_url and g.endpoint_model):
+        bad("generate.generator=endpoint needs generate.base_url (e.g. http://127.0.0.1:8000/v1) and generate.endpoint_model")
+    if g.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", g.api_key_env):
+        bad(f"generate.api_key_env: `{g.api_key_env}` is not an environment variable NAME (e.g. OPENAI_API_KEY); never put the key itself in a spec")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from studio.spec.fields import FINETUNING_TYPES, OPTIMIZERS, SCHEDULERS, _f, _sub
+from studio.spec.fields import ATTN_IMPLEMENTATIONS, FINETUNING_TYPES, OPTIMIZERS, SCHEDULERS, _f, _sub
 
 
 @dataclass
@@ -15,6 +15,7 @@ class ModelSpec:
     quantization_bit: Optional[int] = _f(None, "Load the base model in 4 or 8 bits with bitsandbytes (QLoRA). Empty: no quantization.", choices=[None, 4, 8])
     quantization_type: str = _f("nf4", "4-bit data type: nf4 or fp4.", choices=["nf4", "fp4"])
     double_quantization: bool = _f(True, "Quantize the 4-bit quantization constants too (saves ~0.4 bit per weight).")
+    attn_implementation: str = _f("auto", "Attention kernel: auto (FlashAttention 3/2 on a GPU when the flash-attn package is installed, else SDPA), eager, sdpa, flash_attention_2, flash_attention_3, flex_attention.", choices=ATTN_IMPLEMENTATIONS)
     trust_remote_code: bool = _f(False, "Allow model code from the model folder to run (only for models you trust).")
 
 
@@ -27,6 +28,7 @@ class DataSpec:
     max_samples: Optional[int] = _f(None, "Use at most this many examples from each dataset. Empty: all.")
     cutoff_len: int = _f(1024, "Maximum tokens per example; longer examples are cut (prompt first, then answer).")
     packing: bool = _f(False, "Pack several examples into one row (they cannot attend to each other) instead of padding each batch.")
+    group_by_length: bool = _f(True, "Without packing: put examples of similar length in the same batch (less padding, faster; the order stays random across batches).")
     train_on_prompt: bool = _f(False, "Compute the loss on prompt tokens too, not only on assistant answers.")
     mask_history: bool = _f(False, "Compute the loss on the last assistant turn only (earlier turns are context).")
     seed_shuffle: bool = _f(True, "Shuffle the training examples (with train.seed).")
@@ -93,6 +95,7 @@ class TrainSpec:
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).")
     optim: str = _f("adamw_torch", "Optimizer.", choices=OPTIMIZERS)
     compute_dtype: str = _f("auto", "Precision of the computation: auto (bf16 on GPUs that have it, else fp32), bf16, fp16, fp32.", choices=["auto", "bf16", "fp16", "fp32"])
+    liger_kernel: bool = _f(False, "Liger kernels (fused RMSNorm, RoPE, SwiGLU) on a CUDA GPU; needs the liger-kernel package. Not on the CPU.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
     neftune_alpha: Optional[float] = _f(None, "NEFTune: noise added to embeddings during training (5 is typical). Empty: off.")
     logging_steps: int = _f(1, "Write a loss point every this many steps.")
@@ -127,9 +130,60 @@ class ExportSpec:
     export_dir: Optional[str] = _f(None, "Folder to write the export to. Empty: OUTPUT_DIR/export.")
     dtype: str = _f("fp16", "Weights dtype of the merged model.", choices=["fp32", "fp16", "bf16"])
     max_shard_size: str = _f("2GB", "Largest safetensors shard (e.g. 500MB, 2GB).")
-    gguf: list = _f(["f16"], "GGUF files to write for llama.cpp and Ollama (f16, q8_0, bf16, f32; Llama-family models); empty for none.")
+    gguf: list = _f(["f16"], "GGUF files to write for llama.cpp and Ollama: q4_k_m (what Ollama users run; the Modelfile points at it), "
+                    "f16, q8_0, q5_k_m, q6_k, bf16, f32 (Llama, Mistral, Qwen2/2.5, Qwen3 models; k-quants need llama-cpp-python); empty for none.")
     verify: bool = _f(True, "Reload the export with plain transformers and compare its logits with base + adapter (and the GGUF files in llama.cpp when installed).")
     overwrite: bool = _f(False, "Replace an existing folder that is not an earlier export.")
+
+
+OUT_OF_SCOPE = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw", "plot",
+                "go to", "video", "audio", "music", "flowchart", "diagram"]
+
+
+@dataclass
+class GenerateSpec:
+    mode: str = _f("self_instruct", "self_instruct: grow new instructions from seed tasks, then write their inputs and outputs; "
+                   "answer: fill in (or replace) the outputs of an existing dataset's prompts with the generator's answers.",
+                   choices=["self_instruct", "answer"])
+    source: str = _f("seed_tasks", "Dataset (a name in data.dataset_dir/dataset_info.json): the seed tasks (self_instruct) or the prompts to answer (answer).")
+    output_dataset: str = _f("generated", "Name the result is registered under in dataset_info.json; the file is DATASET_DIR/<name>.json (alpaca format).")
+    overwrite: bool = _f(False, "Replace an existing dataset of that name (a restart of the same run folder may always replace its own).")
+    num_instructions: int = _f(40, "self_instruct: new instructions to keep (seed tasks not counted).")
+    num_prompt_instructions: int = _f(3, "self_instruct: example instructions shown in each request (sampled from seeds and kept ones).")
+    instructions_per_request: int = _f(8, "self_instruct: new instructions asked for in each request.")
+    batch_size: int = _f(8, "Requests per round: prompts generated together by the local model, or sent together to the endpoint.")
+    max_rounds: int = _f(30, "self_instruct: stop after this many rounds of instruction requests even if fewer instructions were kept.")
+    similarity_threshold: float = _f(0.7, "Drop an instruction whose ROUGE-L F-measure against any kept or seed instruction is at least this (0-1).")
+    out_of_scope_words: list = _f(OUT_OF_SCOPE, "Drop instructions that mention these words or phrases (what a text model cannot do); whole words, any case.")
+    min_words: int = _f(3, "Drop instructions with fewer words than this (Chinese text is counted in words, as the metrics cut it).")
+    max_words: int = _f(150, "Drop instructions with more words than this.")
+    replace_outputs: bool = _f(False, "answer: also replace outputs the dataset already has (false: only fill in empty ones).")
+    max_new_tokens: int = _f(256, "Longest text generated per request.")
+    temperature: float = _f(0.7, "Sampling temperature (0: greedy).")
+    top_p: float = _f(0.95, "Nucleus sampling: keep the smallest token set with this probability.")
+    seed: int = _f(42, "Seed for sampling and for choosing the example instructions.")
+    generator: str = _f("local", "Who writes: local (model.name_or_path with model.adapter, batched on this machine) or endpoint (an OpenAI-compatible server).",
+                        choices=["local", "endpoint"])
+    base_url: Optional[str] = _f(None, "endpoint: the server's base URL, e.g. http://127.0.0.1:8000/v1 (POST BASE_URL/chat/completions).")
+    endpoint_model: Optional[str] = _f(None, "endpoint: the model name the server expects.")
+    api_key_env: Optional[str] = _f(None, "endpoint: NAME of the environment variable that holds the API key (the key itself is never written to the run folder). Empty: no key.")
+    concurrency: int = _f(4, "endpoint: requests in flight at once.")
+    retries: int = _f(3, "endpoint: retries of a failed request (with exponential backoff) before it counts as failed.")
+    timeout: float = _f(120.0, "endpoint: seconds to wait for one answer.")
+
+
+@dataclass
+class ServeSpec:
+    adapters: list = _f([], "Adapters served beside the base model, each as NAME=PATH (PATH: a run folder, adapter, checkpoint or "
+                            "export); a request's `model` picks one by NAME, the base model by its own name.")
+    host: str = _f("127.0.0.1", "Address to listen on. 127.0.0.1: this machine only; any other address needs an API key "
+                                "(--api-key, or the environment variable STUDIO_API_KEY; never stored in the spec).")
+    port: int = _f(8000, "TCP port of the API (http://HOST:PORT/v1).")
+    max_batch_size: int = _f(16, "Requests generated together per model; more wait for a free row.")
+    max_tokens: int = _f(512, "Longest answer, in tokens, when a request does not give max_tokens.")
+    num_threads: Optional[int] = _f(None, "CPU threads for torch. Empty: all cores. On a CPU busy with other work, 1 is faster "
+                                          "(threads that wait on each other lose more than they gain).")
+    stats_every: float = _f(10.0, "Seconds between two `stats` events (requests served, tokens/s) while requests come.")
 
 
 @dataclass
@@ -145,7 +199,7 @@ class LaunchSpec:
 
 @dataclass
 class JobSpec:
-    task: str = _f("train", "What the job does: train, eval or export.", choices=["train", "eval", "export"])
+    task: str = _f("train", "What the job does: train, eval, export, generate or serve.", choices=["train", "eval", "export", "generate", "serve"])
     output_dir: str = _f("runs/identity_lora", "The run folder: the spec, events, log and results go here.")
     model: ModelSpec = _sub(ModelSpec, "Which model to start from.")
     data: DataSpec = _sub(DataSpec, "Which data, and how it becomes token batches.")
@@ -153,6 +207,8 @@ class JobSpec:
     train: TrainSpec = _sub(TrainSpec, "Optimisation and checkpointing.")
     eval: EvalSpec = _sub(EvalSpec, "Generation and scoring (task eval).")
     export: ExportSpec = _sub(ExportSpec, "Merging and conversion (task export).")
+    generate: GenerateSpec = _sub(GenerateSpec, "Data generation: self-instruct or answers from a teacher (task generate).")
+    serve: ServeSpec = _sub(ServeSpec, "The OpenAI-compatible API server (task serve).")
     launch: LaunchSpec = _sub(LaunchSpec, "Processes, devices and DeepSpeed.")
 
     def __post_init__(self):

@@ -29,15 +29,22 @@ class _Stop:
             raise job.Aborted()
 
 
-def _dist_any(flag: bool) -> bool:
-    """True on every rank if any rank has `flag` (so all ranks stop at the same step)."""
+def _flag_tensor(flag: bool, device=None):
+    import torch
+
+    return torch.tensor([1.0 if flag else 0.0], device=device)
+
+
+def _dist_any(flag: bool, device=None) -> bool:
+    """True on every rank if any rank has `flag` (so all ranks stop at the same step).
+
+    `device` is the rank's own device (the trainer's `args.device`): on CUDA the process group is NCCL, which
+    refuses CPU tensors."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return flag
-    import torch
-
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = _flag_tensor(flag, device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -54,7 +61,7 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
             writer.write("start", task="train", total_steps=state.max_steps, resumed_from=self.step0, **extra_start)
 
         def on_step_end(self, args, state, control, **kw):
-            if _dist_any(_Stop.requested):
+            if _dist_any(_Stop.requested, args.device):
                 _Stop.requested = True
                 control.should_save = True
                 control.should_training_stop = True
@@ -80,6 +87,9 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
                          eta_s=round(eta, 1) if eta is not None else None)
 
         def on_save(self, args, state, control, **kw):
+            from studio.run.filemodes import usual_modes
+
+            usual_modes(run_dir / f"checkpoint-{state.global_step}")  # safetensors writes 0600
             writer.write("checkpoint", step=state.global_step, path=str(run_dir / f"checkpoint-{state.global_step}"))
 
     return EventCallback()
@@ -95,11 +105,14 @@ def _ckpt(on: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
-def sft_config(spec, run_dir: Path, has_eval: bool):
+def sft_config(spec, run_dir: Path, has_eval: bool, the_plan=None):
     import torch
     from trl import SFTConfig
 
+    from studio.model import plan
     from studio.model.models import compute_dtype
+
+    p = the_plan or plan.plan(spec, plan.Hardware.detect())
 
     t, d = spec.train, spec.data
     dtype = compute_dtype(t.compute_dtype)
@@ -110,6 +123,10 @@ def sft_config(spec, run_dir: Path, has_eval: bool):
         from studio.launch.deepspeed import config_for
 
         kw["deepspeed"] = config_for(spec.launch.deepspeed)
+    if p.tf32:
+        kw["tf32"] = True
+    if p.liger:
+        kw["use_liger_kernel"] = True
     if has_eval:
         kw.update(eval_strategy="steps" if t.eval_steps else "epoch", eval_steps=t.eval_steps, per_device_eval_batch_size=t.per_device_train_batch_size)
         if t.load_best_model_at_end or t.early_stopping_patience is not None:
@@ -127,6 +144,7 @@ def sft_config(spec, run_dir: Path, has_eval: bool):
         report_to=[] if t.report_to == "none" else [t.report_to], disable_tqdm=True, logging_first_step=True,
         include_num_input_tokens_seen="non_padding", max_length=d.cutoff_len,
         packing=d.packing and not prompt_style, packing_strategy="bfd", padding_free=d.packing and not prompt_style,
+        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
         shuffle_dataset=d.seed_shuffle, dataset_num_proc=None, remove_unused_columns=True,
         use_cpu=not torch.cuda.is_available(), save_only_model=False, ddp_find_unused_parameters=False if spec.launch.nproc_per_node > 1 else None,
         **kw,
@@ -173,7 +191,11 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
                                  f"{report.truncated} cut at cutoff_len, {report.dropped} dropped ({time.time() - t0:.1f}s)")
     model = models.load_model(spec.model, spec.train.compute_dtype, for_training=True)
     model.config.use_cache = False  # a KV cache in the forward pass would hide packed-sequence boundaries
-    args = sft_config(spec, run_dir, eval_ds is not None)
+    from studio.model import plan
+
+    the_plan = plan.plan(spec, plan.Hardware.detect())
+    writer.write("message", text="plan: " + the_plan.text())
+    args = sft_config(spec, run_dir, eval_ds is not None, the_plan)
     steps_per_epoch = math.ceil(len(train_ds) / (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)))
     total = spec.train.max_steps if spec.train.max_steps > 0 else math.ceil(steps_per_epoch * spec.train.num_train_epochs)
     from transformers import set_seed
@@ -189,6 +211,14 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     stopper = early_stopping(spec, eval_ds is not None)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                          callbacks=[callback, *methods.callbacks(spec), *callbacks, *stopper], optimizers=methods.optimizers(spec, model, args))
+    if the_plan.group_by_length:
+        from studio.data.grouping import use_global_groups
+
+        use_global_groups(trainer)
+    if the_plan.packed_rows:
+        from studio.data.packed_rows import use_rows
+
+        use_rows(trainer)
     resume = spec.train.resume_from_checkpoint
     if resume == "auto":
         from studio.run.status import last_checkpoint
@@ -250,6 +280,9 @@ def save(spec, trainer, run_dir: Path, template) -> dict:
             tok.chat_template = template.chat_template()
         tok.save_pretrained(str(target))
         specmod.dump(spec, target / "spec.yaml")
+        from studio.run.filemodes import usual_modes
+
+        usual_modes(target)  # safetensors writes 0600: the adapter must be as readable as its other files
     return {"path": str(target)}
 
 

@@ -27,7 +27,7 @@ from studio.run import status as runs
 from studio.data.templates import NAMES as TEMPLATES
 from studio.ui import form
 
-TABS = ["studio.ui.train_tab", "studio.ui.evaluate_tab", "studio.ui.chat_tab", "studio.ui.export_tab"]
+TABS = ["studio.ui.train_tab", "studio.ui.evaluate_tab", "studio.ui.chat_tab", "studio.ui.export_tab", "studio.ui.data_tab"]
 
 TOP = ["model.name_or_path", "method.finetuning_type", "model.quantization_bit", "model.template", "model.adapter"]
 

@@ -21,7 +21,8 @@ from studio.chat.session import ChatSession, GenParams
 from studio.data import collect, registry
 from studio.errors import is_user_error
 from studio.launch import queue
-from studio.ui import app, jobs
+from studio.serve.snippets import snippets
+from studio.ui import app, jobs, serve_panel
 
 TITLE = "Chat"
 SESSIONS = {"a": ChatSession(), "b": ChatSession()}  # a: the top bar's model; b: the other side
@@ -117,6 +118,9 @@ def build(ctx) -> None:
                 gen[f.name] = gr.Number(value={"max_new_tokens": 256, "seed": -1}.get(f.name, f.default), label=f.name.replace("_", " "), info=f.metadata["help"],
                                         precision=0 if f.name in ("top_k", "max_new_tokens", "seed") else None,
                                         elem_id=f"chat-{f.name.replace('_', '-')}", min_width=120)
+    with gr.Accordion("call it over the API (studio serve)", open=False, elem_id="chat-api"):
+        serve_panel.build(ctx)
+        api_code = gr.Markdown(snippets(None, None), elem_id="chat-api-code")
     with gr.Row():
         chat_a = gr.Chatbot(label="A", editable="all", elem_id="chat-a", height=420)
         chat_b = gr.Chatbot(label="B", editable="all", elem_id="chat-b", height=420, visible=False)
@@ -164,6 +168,10 @@ def build(ctx) -> None:
                 return
         gpu = _hold_gpu(ctx.runs_root)
         yield status_html(" · ".join(n.split("\n", 1)[-1] for n in notes if "\n" in n) + gpu)
+
+    api_inputs = [top["model.name_or_path"], top["model.adapter"], system]
+    for comp in api_inputs:  # the lines follow the chosen model, adapter and system prompt
+        comp.change(lambda m, a, sp: snippets(m or None, a or None, sp or ""), api_inputs, api_code)
 
     load.click(on_load, [top["model.name_or_path"], top["model.adapter"], top["model.template"], side, model_b, adapter_b], status)
 

@@ -18,7 +18,7 @@ from studio.ui import form, jobs, monitor
 
 TITLE = "Export"
 FIELDS = ["export.dtype", "export.max_shard_size", "export.verify", "export.overwrite"]
-GGUF_TYPES = ["f16", "q8_0", "bf16", "f32"]
+GGUF_TYPES = list(specmod.GGUF_TYPES)  # q4_k_m first: what Ollama users run
 
 
 def run_choices(runs_root: Path, workdir: Path) -> list:

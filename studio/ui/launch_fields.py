@@ -24,7 +24,8 @@ DEEPSPEED = [("off", ""), ("ZeRO-0 (DeepSpeed engine, no sharding)", "z0"), ("Ze
 # what the estimate depends on: a change to any of these recomputes it
 ESTIMATE_INPUTS = ["model.name_or_path", "model.quantization_bit", "method.finetuning_type", "method.lora.rank",
                    "train.per_device_train_batch_size", "data.cutoff_len", "train.compute_dtype", "train.gradient_checkpointing",
-                   "launch.nproc_per_node", "launch.nnodes", "launch.deepspeed"]
+                   "launch.nproc_per_node", "launch.nnodes", "launch.deepspeed", "launch.devices", "data.packing",
+                   "model.attn_implementation", "train.liger_kernel", "data.group_by_length"]
 
 
 def device_choices(gpus=None) -> list[tuple[str, str]]:
@@ -45,11 +46,21 @@ def special() -> dict:
     }
 
 
+def plan_text(spec: specmod.JobSpec) -> str:
+    """What the job will use on this machine (attention kernel, batching, precision), as studio.plan decides."""
+    from studio.model import plan
+
+    try:
+        return "**will use:** " + plan.plan(spec, plan.Hardware.light(spec.launch.devices)).text()
+    except specmod.SpecError as e:
+        return f"**will not start:** {e}"
+
+
 def estimate_text(spec: specmod.JobSpec) -> str:
     est = estimate.estimate(spec)
     if est is None:
-        return f"memory estimate: no config.json for `{spec.model.name_or_path}` on this machine yet"
-    return "**memory estimate:** " + est.text().replace("\n", "  \n")
+        return f"memory estimate: no config.json for `{spec.model.name_or_path}` on this machine yet  \n" + plan_text(spec)
+    return "**memory estimate:** " + est.text().replace("\n", "  \n") + "  \n" + plan_text(spec)
 
 
 def command_text(spec: specmod.JobSpec) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
-import yaml
 
 from studio.launch import queue, sweep
 from studio.run import events as ev
@@ -85,8 +84,8 @@ def resume(run: str, workdir: Path, runs_root: Path) -> str:
 
 def spec_dict(run_dir: Path) -> dict:
     try:
-        return yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        return specmod.to_dict(specmod.load(run_dir / "spec.yaml"))
+    except (OSError, specmod.SpecError):
         return {}
 
 

@@ -7,20 +7,11 @@ stopping this server (or closing the page) does not stop them, and the page reat
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 
+from studio.serve import is_loopback
 from studio.spec import SpecError
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_access(host: str, auth: str | None, allow_open: bool) -> tuple[str, str] | None:

@@ -41,7 +41,7 @@ METHOD_GROUPS = [  # (title, finetuning types, fields); a field is drawn once, s
 MORE = ["train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "train.optim", "train.gradient_checkpointing",
         "train.eval_steps", "train.load_best_model_at_end", "train.metric_for_best_model", "train.early_stopping_patience",
         "train.save_total_limit", "train.seed", "train.resume_from_checkpoint", "data.train_on_prompt",
-        "data.mask_history", "train.neftune_alpha", "model.quantization_type", "model.double_quantization", "train.report_to",
+        "data.mask_history", "data.group_by_length", "model.attn_implementation", "train.liger_kernel", "train.neftune_alpha", "model.quantization_type", "model.double_quantization", "train.report_to",
         "train.report_offline"]
 # The page's first spec: what examples/identity_lora.yaml trains (identity, with alpaca_demo mixed in).
 DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_len=256", "train.learning_rate=1.0e-3", "train.num_train_epochs=3",
