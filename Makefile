@@ -8,7 +8,7 @@ PIP    := $(BIN)/pip install -c constraints.txt
 WHEELS := $(HOME)/.cache/studio/wheels
 LLAMA_VERSION := 0.3.36
 
-.PHONY: install webui test test-fast bench gpu-check bench-llamafactory clean
+.PHONY: install webui test test-long test-fast bench gpu-check bench-llamafactory clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ webui: $(STAMP)
 	$(BIN)/studio webui
 
 test: $(STAMP) $(LLAMA_STAMP) /usr/bin/chromium
-	$(BIN)/python -m pytest -q -x tests
+	$(BIN)/python -m pytest -q -x -m "not long" tests
+
+# the learning checks that take minutes each on the default model (DPO preference, self-instruct with 40 instructions)
+test-long: $(STAMP) $(LLAMA_STAMP)
+	$(BIN)/python -m pytest -q -m long tests
 
 # the browser tests drive Debian's chromium (never a downloaded browser)
 /usr/bin/chromium:

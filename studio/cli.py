@@ -6,7 +6,7 @@
     studio export SPEC [key=value ...]
     studio generate SPEC [key=value ...]
     studio chat [--model M] [--adapter PATH]
-    studio data check [--dataset-dir DIR] [--stage sft|pt] [NAME ...]
+    studio data check [--dataset-dir DIR] [--stage sft|pt|dpo|kto|rm|grpo] [NAME ...]
     studio runs [--root runs]
     studio queue [cancel RUN | move RUN --to N] [--root runs]
     studio webui [--host H] [--port P] [--auth USER:PASS]
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="read every record and report problems with their location")
     c.add_argument("names", nargs="*", help="dataset names (default: every entry in dataset_info.json)")
     c.add_argument("--dataset-dir", default="data")
-    c.add_argument("--stage", choices=["sft", "pt"], default=None, help="check the datasets for this stage")
+    c.add_argument("--stage", choices=["sft", "pt", "dpo", "kto", "rm", "grpo"], default=None, help="check the datasets for this stage")
     c.add_argument("--model", default="default", help="tokenizer used to count tokens")
     c.add_argument("--template", default="auto")
     c.add_argument("--cutoff-len", type=int, default=1024)

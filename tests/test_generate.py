@@ -300,7 +300,7 @@ def test_self_instruct_over_an_endpoint_drops_with_reasons(tmp_path, data_dir):
 # --- the default model end to end ---------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.long  # minutes of generation or training on the default model: `make test-long`
 def test_self_instruct_default_model_trains(tmp_path, data_dir):
     from studio.generate.filters import rouge_l
     from studio.evaluate.metrics import tokenize

@@ -38,6 +38,8 @@ def test_train_writes_the_run_folder(tiny_model, tmp_path):
     assert (run / "spec.yaml").exists() and (run / "output.log").stat().st_size > 0
     assert (run / "adapter" / "adapter_config.json").exists() and (run / "checkpoint-4").is_dir()
     assert runs.status(run) == "done" and "step 4/4" in r.stdout
+    weights = [run / "adapter" / "adapter_model.safetensors", *(run / "checkpoint-4").glob("*.safetensors")]
+    assert len(weights) >= 2 and all(w.stat().st_mode & 0o044 == 0o044 for w in weights)  # readable by others (umask 022)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

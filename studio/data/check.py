@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from studio.data import convert, readers, registry
+from studio.data import convert, preference, readers, registry
 from studio.data.encode import encode, usable
 from studio.data.registry import DataError
 
@@ -41,21 +41,25 @@ def check_one(dataset_dir, name: str, stage: str | None = None, template=None, c
     examples = []
     for loc, rec in records:
         try:
-            if e.kind == "ranking":
+            if e.kind == "prompt" or stage == "grpo":
+                preference.to_prompt(rec, e)
+            elif e.kind == "ranking":
                 convert.to_pair(rec, e)
             elif e.kind == "text" or stage == "pt":
                 examples.append((loc, convert.to_text(rec, e)))
             elif e.kind == "kto":
-                convert.to_messages(rec, e)
+                preference.to_kto(rec, e)
             else:
                 examples.append((loc, convert.to_messages(rec, e)))
         except convert.RecordError as err:
             r.issues.append(f"{loc}: {err}")
     if e.kind == "ranking":
-        r.note = "preference pairs: for a preference stage; sft and pt refuse it"
+        r.note = "preference pairs: for stages dpo, kto, rm; sft and pt refuse it"
     elif e.kind == "kto":
-        r.note = "labelled answers: for a KTO stage; sft and pt refuse it"
-    if template is not None and examples and not r.issues:
+        r.note = "labelled answers: for stage kto; sft and pt refuse it"
+    elif e.kind == "prompt":
+        r.note = "prompts with a reference answer: for stage grpo"
+    if template is not None and examples and not r.issues and stage not in preference.NEEDS:
         st = "pt" if (e.kind == "text" or stage == "pt") else "sft"
         _, rep = encode(examples, template, st, cutoff_len)
         r.stats = {"examples": rep.examples, "tokens": rep.tokens, "trained_tokens": rep.trained_tokens,

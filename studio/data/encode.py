@@ -40,12 +40,19 @@ class Report:
 
 def usable(e: registry.DatasetEntry, stage: str) -> None:
     """Refuse an entry the stage cannot train on, saying why."""
+    from studio.data import preference
+
+    if stage in preference.NEEDS:
+        return preference.usable(e, stage)
     where = f"dataset `{e.name}`"
     if e.kind == "ranking":
         raise DataError(f"{where} is preference data (`ranking: true`: chosen/rejected answers). Stage {stage} trains on "
-                        "single answers; a preference stage (DPO) is needed for it. Remove it from data.dataset.")
+                        "single answers; train on it with a preference stage (DPO: method.stage=dpo; or kto, rm), or remove it from data.dataset.")
+    if e.kind == "prompt":
+        raise DataError(f"{where} holds prompts without answers to learn (`columns.reference`); use it with "
+                        "method.stage=grpo, or remove it from data.dataset.")
     if e.kind == "kto":
-        raise DataError(f"{where} holds answers labelled good or bad (`kto_tag`), which need a KTO stage; stage {stage} "
+        raise DataError(f"{where} holds answers labelled good or bad (`kto_tag`), which need method.stage=kto; stage {stage} "
                         "cannot use them. Remove it from data.dataset.")
     if stage == "sft" and e.kind == "text":
         raise DataError(f"{where} is plain text (columns.prompt: text) with no answers to learn; use it with method.stage=pt")

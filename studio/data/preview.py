@@ -40,6 +40,10 @@ def preview(spec, limit: int = 100, info: dict | None = None) -> dict:
     from studio.data.templates import Template
 
     d, stage = spec.data, spec.method.stage
+    from studio.data import preference
+
+    if stage in preference.NEEDS:  # dpo, kto, rm, grpo: pairs, labelled answers, prompts
+        return preference.preview(spec, limit, info)
     tokenizer = models.load_tokenizer(spec.model.name_or_path, spec.model.trust_remote_code)
     template = Template(spec.model.template, tokenizer)
     full_info = {**registry.read_info(d.dataset_dir), **(info or {})}

@@ -60,11 +60,14 @@ class DatasetEntry:
 
     @property
     def kind(self) -> str:
-        """What the entry holds: chat (sft), text (pt), ranking (chosen/rejected) or kto (labelled answers)."""
+        """What the entry holds: chat (sft), text (pt), ranking (chosen/rejected), kto (labelled answers) or prompt
+        (prompts with an optional reference answer, `columns.reference`: grpo)."""
         if self.ranking:
             return "ranking"
         if "kto_tag" in self.columns:
             return "kto"
+        if "reference" in self.columns:
+            return "prompt"
         if self.formatting == "alpaca" and set(self.columns) <= {"prompt"}:
             if self.columns.get("prompt") == "text" or (not self.columns and str(self.file_name).endswith(".txt")):
                 return "text"

@@ -54,6 +54,7 @@ def quantize(src: str | Path, out: str | Path, qtype: str, nthread: int | None =
         import llama_cpp
     except ImportError:
         raise QuantizeError(missing_message([qtype])) from None
+    llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = KQUANTS[qtype]
     params.nthread = nthread or min(4, os.cpu_count() or 1)

@@ -117,6 +117,12 @@ def _train_method(spec, runs_root) -> None:
     methods.preflight(spec)  # packages and hardware the method and options need
 
 
+def _train_stage(spec, runs_root) -> None:
+    from studio.train import stages
+
+    stages.preflight(spec)  # GRPO: the reward files exist and define their functions
+
+
 def _eval(spec, runs_root) -> None:
     from studio.evaluate.job import plan
     from studio.evaluate.predictions import read_samples
@@ -146,4 +152,4 @@ def _generate(spec, runs_root) -> None:
         resolve(spec.model.adapter or "base", spec)
 
 
-TASK_RULES = {"train": (_train_data, _train_method), "eval": (_eval,), "export": (_export,), "generate": (_generate,)}
+TASK_RULES = {"train": (_train_data, _train_method, _train_stage), "eval": (_eval,), "export": (_export,), "generate": (_generate,)}

@@ -273,7 +273,7 @@ def preflight(spec: JobSpec) -> None:
         fields = "model.quantization_bit" if mo.quantization_bit is not None else f"train.optim={t.optim}"
         raise SpecError(f"{fields}: needs the bitsandbytes package; pip install bitsandbytes")
     if t.liger_kernel or mo.attn_implementation not in ("auto", "eager", "sdpa"):
-        from studio import plan
+        from studio.model import plan
         from studio.launch import devices
 
         hw = plan.Hardware.light(spec.launch.devices)

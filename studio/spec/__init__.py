@@ -6,16 +6,14 @@ and the web UI both show it. Unknown keys and bad values raise `SpecError`, whic
     spec = load("examples/identity_lora.yaml", ["train.max_steps=10"])
     dump(spec, "runs/x/spec.yaml")
 
-fields.py: SpecError and the field constructors; sections.py: the sections; io.py: YAML, overrides and
-coercion; rules.py: validation.
+fields.py: SpecError, the field constructors and the choice lists; sections.py: the sections; io.py: YAML,
+overrides and coercion; rules.py: validation.
 """
-from studio.spec.fields import DEEPSPEED_PRESETS, FINETUNING_TYPES, GGUF_TYPES, OPTIMIZERS, PROMPT_STYLE, SCHEDULERS, SpecError  # noqa: F401
+from studio.spec.fields import *  # noqa: F401,F403  SpecError and the choice lists
 from studio.spec.io import (  # noqa: F401
     _hints, _is_section, dump, dumps, field_help, field_info, flatten, from_dict, get, load, merge, parse_overrides,
     read_yaml, to_dict,
 )
 from studio.spec.rules import validate  # noqa: F401
-from studio.spec.sections import (  # noqa: F401
-    AdaLoraSpec, DataSpec, EvalSpec, ExportSpec, FreezeSpec, JobSpec, LaunchSpec, LoraSpec, MethodSpec, ModelSpec,
-    PromptSpec, TrainSpec,
-)
+from studio.spec.sections import *  # noqa: F401,F403  JobSpec and its sections
+from studio.spec.stages import *  # noqa: F401,F403  the preference and RL stages' sections

@@ -5,6 +5,7 @@ import dataclasses
 import re
 
 from studio.spec.fields import DEEPSPEED_PRESETS, GGUF_TYPES, PROMPT_STYLE, SpecError
+from studio.spec.stages import validate as validate_stage
 
 
 def _check_choices(section, prefix: str, bad):
@@ -46,6 +47,10 @@ def validate(spec):
         bad("train.warmup_ratio: must be in [0, 1)")
     _validate_best(spec, bad)
     _validate_method(spec, bad)
+    try:
+        validate_stage(spec)
+    except SpecError as e:
+        bad(str(e))
     _validate_generate(spec.generate, bad)
     sv = spec.serve
     if not 1 <= sv.port <= 65535:
@@ -85,6 +90,8 @@ def _validate_best(spec, bad) -> None:
     if not (t.load_best_model_at_end or t.early_stopping_patience is not None):
         return
     what = "train.load_best_model_at_end" if t.load_best_model_at_end else "train.early_stopping_patience"
+    if spec.method.stage not in ("sft", "pt"):
+        bad(f"{what}: works with method.stage sft or pt; clear it for {spec.method.stage}")
     if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
         bad("train.early_stopping_patience: must be at least 1 (evaluations without improvement), or empty for never")
     if not t.eval_steps or t.eval_steps < 1:

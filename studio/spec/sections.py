@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from studio.spec.fields import ATTN_IMPLEMENTATIONS, FINETUNING_TYPES, OPTIMIZERS, SCHEDULERS, _f, _sub
+from studio.spec.stages import STAGES, DpoSpec, GrpoSpec, KtoSpec, RmSpec
 
 
 @dataclass
@@ -73,12 +74,18 @@ class AdaLoraSpec:
 
 @dataclass
 class MethodSpec:
-    stage: str = _f("sft", "Training stage: sft (instruction tuning on chats) or pt (continued pretraining on plain text).", choices=["sft", "pt"])
+    stage: str = _f("sft", "Training stage: sft (instruction tuning on chats), pt (continued pretraining on plain text), dpo "
+                           "(preference pairs; also ORPO, SimPO, IPO), kto (answers labelled good or bad), rm (a reward model "
+                           "on preference pairs) or grpo (reinforcement learning with reward functions).", choices=STAGES)
     finetuning_type: str = _f("lora", "What is trained: lora, full, freeze, adalora, ia3, prefix, prompt, ptuning, ptuning_v2.", choices=FINETUNING_TYPES)
     lora: LoraSpec = _sub(LoraSpec, "LoRA options (also used by QLoRA).")
     freeze: FreezeSpec = _sub(FreezeSpec, "Freeze-tuning options.")
     prompt: PromptSpec = _sub(PromptSpec, "Prompt-style method options (prefix, prompt, ptuning, ptuning_v2).")
     adalora: AdaLoraSpec = _sub(AdaLoraSpec, "AdaLoRA options.")
+    dpo: DpoSpec = _sub(DpoSpec, "Stage dpo: preference loss and reference model.")
+    kto: KtoSpec = _sub(KtoSpec, "Stage kto: KTO loss and reference model.")
+    rm: RmSpec = _sub(RmSpec, "Stage rm: reward-model options.")
+    grpo: GrpoSpec = _sub(GrpoSpec, "Stage grpo: reward functions and generation.")
 
 
 @dataclass

@@ -70,7 +70,7 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
             logs = logs or {}
             now = time.time()
             if "eval_loss" in logs:
-                writer.write("eval", step=state.global_step, eval_loss=logs["eval_loss"])
+                writer.write("eval", step=state.global_step, **_metrics(logs))
                 return
             if "loss" not in logs:
                 return
@@ -84,7 +84,8 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
             writer.write("log", step=state.global_step, total_steps=state.max_steps, epoch=round(state.epoch or 0, 4),
                          loss=logs.get("loss"), learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                          tokens_per_second=round(tps, 1), tokens_seen=tokens, elapsed_s=round(elapsed, 2),
-                         eta_s=round(eta, 1) if eta is not None else None)
+                         eta_s=round(eta, 1) if eta is not None else None,
+                         **_metrics(logs, skip=("loss", "learning_rate", "grad_norm", "epoch")))
 
         def on_save(self, args, state, control, **kw):
             from studio.run.filemodes import usual_modes
@@ -93,6 +94,11 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
             writer.write("checkpoint", step=state.global_step, path=str(run_dir / f"checkpoint-{state.global_step}"))
 
     return EventCallback()
+
+
+def _metrics(logs: dict, skip=()) -> dict:
+    """Every number the trainer logged, under its own name (rewards/margins, reward_std, kl, ...)."""
+    return {k: v for k, v in logs.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _ckpt(on: bool) -> dict:
@@ -178,6 +184,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
 
     from studio.model import methods
     from studio.model import models
+    from studio.train.job import stages
     from studio.data import encode
     from studio.data.templates import Template
 
@@ -186,36 +193,48 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     t0 = time.time()
     tokenizer = models.load_tokenizer(spec.model.name_or_path, spec.model.trust_remote_code)
     template = Template(spec.model.template, tokenizer)
-    train_ds, eval_ds, report = encode.build(spec, tokenizer, template)
-    writer.write("message", text=f"data: {report.examples} examples, {report.tokens} tokens, {report.trained_tokens} trained tokens, "
-                                 f"{report.truncated} cut at cutoff_len, {report.dropped} dropped ({time.time() - t0:.1f}s)")
-    model = models.load_model(spec.model, spec.train.compute_dtype, for_training=True)
+    staged = spec.method.stage in stages.PREFERENCE_STAGES  # dpo, kto, rm, grpo: studio/train/stages.py
+    if staged:
+        from studio.data import preference
+
+        train_ds, eval_ds, note = preference.build(spec)
+        report = encode.Report(examples=len(train_ds))
+        writer.write("message", text=f"{note} ({time.time() - t0:.1f}s)")
+    else:
+        train_ds, eval_ds, report = encode.build(spec, tokenizer, template)
+        writer.write("message", text=f"data: {report.examples} examples, {report.tokens} tokens, {report.trained_tokens} trained tokens, "
+                                     f"{report.truncated} cut at cutoff_len, {report.dropped} dropped ({time.time() - t0:.1f}s)")
+    model = stages.load_model(spec) if staged else models.load_model(spec.model, spec.train.compute_dtype, for_training=True)
     model.config.use_cache = False  # a KV cache in the forward pass would hide packed-sequence boundaries
     from studio.model import plan
 
     the_plan = plan.plan(spec, plan.Hardware.detect())
     writer.write("message", text="plan: " + the_plan.text())
-    args = sft_config(spec, run_dir, eval_ds is not None, the_plan)
+    args = stages.config(spec, run_dir, eval_ds is not None) if staged else sft_config(spec, run_dir, eval_ds is not None, the_plan)
     steps_per_epoch = math.ceil(len(train_ds) / (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)))
     total = spec.train.max_steps if spec.train.max_steps > 0 else math.ceil(steps_per_epoch * spec.train.num_train_epochs)
     from transformers import set_seed
 
     set_seed(spec.train.seed)  # adapters start the same on every rank and for any process count
-    model = methods.apply(spec, model, total_steps=total, run_dir=run_dir)
+    model = (stages.apply_method if staged else methods.apply)(spec, model, total_steps=total, run_dir=run_dir)
     if spec.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     trainable, total_params = methods.count_params(model)
     callback = make_callback(writer, run_dir, {"num_examples": len(train_ds), "trainable_params": trainable,
                                                "total_params": total_params, "data": vars(report) | {"issues": None}})
     methods.setup_reporting(spec, run_dir)
-    stopper = early_stopping(spec, eval_ds is not None)
-    trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                         callbacks=[callback, *methods.callbacks(spec), *callbacks, *stopper], optimizers=methods.optimizers(spec, model, args))
-    if the_plan.group_by_length:
+    stopper = [] if staged else early_stopping(spec, eval_ds is not None)  # the stages' own trainers: not yet
+    if staged:
+        trainer = stages.trainer(spec, model, tokenizer, template, run_dir, train_ds, eval_ds, [callback, *methods.callbacks(spec), *callbacks],
+                                 methods.optimizers(spec, model, args))
+    else:
+        trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                                  callbacks=[callback, *methods.callbacks(spec), *callbacks, *stopper], optimizers=methods.optimizers(spec, model, args))
+    if the_plan.group_by_length and not staged:
         from studio.data.grouping import use_global_groups
 
         use_global_groups(trainer)
-    if the_plan.packed_rows:
+    if the_plan.packed_rows and not staged:
         from studio.data.packed_rows import use_rows
 
         use_rows(trainer)
@@ -237,8 +256,9 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     metrics.update(methods.peak_memory())
     metrics.update(best_fields(spec, trainer, stopper, total))
     if eval_ds is not None and not _Stop.requested:
-        done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
-        metrics["eval_loss"] = done[-1] if done else trainer.evaluate().get("eval_loss")
+        done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        last = done[-1] if done else trainer.evaluate()
+        metrics.update(_metrics(last, skip=("epoch",)) if staged else {"eval_loss": last.get("eval_loss")})
     if _Stop.requested:
         metrics["aborted"] = True
     return metrics

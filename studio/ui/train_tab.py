@@ -15,7 +15,7 @@ from studio.run import status as runs
 from studio import spec as specmod
 from studio.data import registry
 from studio.errors import is_user_error
-from studio.ui import dataset_view, form, jobs, launch_fields, monitor, runs_view
+from studio.ui import dataset_view, form, jobs, launch_fields, monitor, runs_view, stage_fields
 
 TITLE = "Train"
 
@@ -86,6 +86,7 @@ def build(ctx) -> None:
         with gr.Accordion(f"{title} options", open=True, visible=base.method.finetuning_type in types) as box:
             fields.update(_rows([n for n in names if n not in fields], {}))
         method_boxes.append((box, types))
+    stage_boxes = stage_fields.build(fields, _rows, base.method.stage)
     with gr.Accordion("More options", open=False):
         fields.update(_rows(MORE, {}))
     with gr.Accordion("Devices, processes and DeepSpeed", open=False, elem_id="launch-group"):
@@ -132,6 +133,8 @@ def build(ctx) -> None:
         loss_plot = gr.LinePlot(x="step", y="value", color="series", title="loss", height=280, elem_id="loss-plot",
                                 x_title="step", y_title="loss", scale=2)
         lr_plot = gr.LinePlot(x="step", y="learning_rate", title="learning rate", height=280, elem_id="lr-plot", scale=1)
+        stage_plot = gr.LinePlot(x="step", y="value", color="series", title="rewards and margins", height=280,
+                                 elem_id="stage-plot", x_title="step", y_title="value", scale=2)
     with gr.Accordion("output.log", open=False):
         log_box = gr.Textbox(lines=14, max_lines=14, autoscroll=True, show_label=False, elem_id="log")
     table = runs_view.build(ctx, state)
@@ -141,6 +144,7 @@ def build(ctx) -> None:
         return [gr.update(visible=ftype in types) for _, types in method_boxes]
 
     ctx.top["method.finetuning_type"].change(on_type, ctx.top["method.finetuning_type"], [b for b, _ in method_boxes])
+    stage_fields.wire(fields["method.stage"], stage_boxes, fields["data.dataset_dir"], [fields["data.dataset"], fields["data.eval_dataset"]], workdir)
 
     def on_refresh_data(folder):
         try:
@@ -225,15 +229,15 @@ def build(ctx) -> None:
         if size != st.get("log_size"):
             st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
         if not changed:
-            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip()
+            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), gr.skip()
         evs, run = st["events"], st["run"]
         finished = status in ("done", "error", "aborted", "crashed")
         return (st, monitor.progress_html(evs, status, run), monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)),
                 monitor.final_message(evs, status, run) if finished else "", log,
-                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip())
+                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), monitor.plot(stage_fields.curves(evs)))
 
     timer = gr.Timer(1.0)
-    timer.tick(on_tick, state, [state, progress, loss_plot, lr_plot, final, log_box, table], show_progress="hidden")
+    timer.tick(on_tick, state, [state, progress, loss_plot, lr_plot, final, log_box, table, stage_plot], show_progress="hidden")
 
     def on_load_page(st):
         """Reattach: follow the newest running job (or keep following what this tab followed)."""

@@ -1,0 +1,104 @@
+"""Held-out preference pairs scored by a model: which answer it prefers, base vs trained.
+
+    python -m studio.evaluate.prefscore RUN_DIR [DATASET ...]     # default: the run's data.eval_dataset
+
+For each pair (prompt, chosen, rejected) the summed log-probability of each answer given the prompt is computed with
+the adapter and with it disabled (the base). Reported shares:
+  base_prefers_chosen     log p_base(chosen) > log p_base(rejected)
+  trained_prefers_chosen  log p(chosen) > log p(rejected)
+  margin_positive         the DPO implicit reward margin > 0: (log p - log p_base)(chosen) - (same)(rejected) > 0
+A reward model (stage rm) is scored by its reward: accuracy = share of pairs with r(chosen) > r(rejected).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _ids(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int], int]:
+    p = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(p):
+        full = p + answer + (tokenizer.eos_token or "")
+    p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    return ids, len(p_ids)
+
+
+def answer_logp(model, tokenizer, prompt, answer) -> float:
+    import torch
+
+    ids, n_prompt = _ids(tokenizer, prompt, answer)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None])[:, 0]
+    return float(logp[n_prompt - 1:].sum())
+
+
+def score_pairs(model, tokenizer, rows: list[dict]) -> dict:
+    """rows: {"prompt", "chosen", "rejected"} in TRL's conversational form. `model` is a PeftModel (base = adapter off)."""
+    base_wins = trained_wins = margin_pos = 0
+    margins = []
+    for r in rows:
+        c, j = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        pc, pj = answer_logp(model, tokenizer, r["prompt"], c), answer_logp(model, tokenizer, r["prompt"], j)
+        with model.disable_adapter():
+            bc, bj = answer_logp(model, tokenizer, r["prompt"], c), answer_logp(model, tokenizer, r["prompt"], j)
+        base_wins += bc > bj
+        trained_wins += pc > pj
+        m = (pc - bc) - (pj - bj)
+        margins.append(m)
+        margin_pos += m > 0
+    n = max(len(rows), 1)
+    return {"pairs": len(rows), "base_prefers_chosen": base_wins / n, "trained_prefers_chosen": trained_wins / n,
+            "margin_positive": margin_pos / n, "mean_margin": sum(margins) / n}
+
+
+def score_rm(model, tokenizer, rows: list[dict]) -> dict:
+    import torch
+
+    wins = 0
+    for r in rows:
+        scores = []
+        for key in ("chosen", "rejected"):
+            text = tokenizer.apply_chat_template(r["prompt"] + r[key], tokenize=False)
+            with torch.no_grad():
+                scores.append(float(model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0]))
+        wins += scores[0] > scores[1]
+    return {"pairs": len(rows), "accuracy": wins / max(len(rows), 1)}
+
+
+def score_run(run_dir: str | Path, names: list[str] | None = None) -> dict:
+    """Load a dpo/kto/rm run's adapter on its base and score the held-out pairs."""
+    import peft
+
+    from studio.model import models
+    from studio import spec as specmod
+    from studio.data import preference
+
+    run_dir = Path(run_dir)
+    spec = specmod.load(run_dir / "spec.yaml")
+    names = names or list(spec.data.eval_dataset)
+    rows = preference.read(spec.data.dataset_dir, names, "dpo")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))  # saved with the template it trained with
+    if spec.method.stage == "rm":
+        from transformers import AutoModelForSequenceClassification
+
+        base = AutoModelForSequenceClassification.from_pretrained(models.resolve(spec.model.name_or_path), num_labels=1)
+        base.config.pad_token_id = tok.pad_token_id
+        model = peft.PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+        return score_rm(model, tok, rows)
+    base = models.load_model(spec.model, "fp32")
+    model = peft.PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    return score_pairs(model, tok, rows)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        print(__doc__)
+        raise SystemExit(2)
+    print(json.dumps(score_run(sys.argv[1], sys.argv[2:] or None), indent=1))

@@ -1,0 +1,59 @@
+"""Train tab parts for the preference and RL stages: the stage's own fields, the datasets that fit the stage, and the
+curves each stage cares about (margins and accuracy for preferences, reward per function and KL for GRPO).
+
+The train tab calls `build` after its method groups (accordions shown for the chosen method.stage), `wire` once the
+stage widget and dataset lists exist, and plots `curves(events)` beside the loss.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+GROUPS = [  # (title, stages, fields)
+    ("DPO / ORPO / SimPO", ["dpo"], ["method.dpo.loss", "method.dpo.beta", "method.dpo.ftx", "method.dpo.label_smoothing",
+                                     "method.dpo.simpo_gamma", "method.dpo.ref_model", "method.dpo.precompute_ref"]),
+    ("KTO", ["kto"], ["method.kto.loss", "method.kto.beta", "method.kto.desirable_weight", "method.kto.undesirable_weight",
+                      "method.kto.ref_model", "method.kto.precompute_ref"]),
+    ("Reward model", ["rm"], ["method.rm.center_rewards_coefficient"]),
+    ("GRPO", ["grpo"], ["method.grpo.reward_funcs", "method.grpo.reward_weights", "method.grpo.num_generations",
+                        "method.grpo.max_completion_length", "method.grpo.temperature", "method.grpo.beta", "method.grpo.loss",
+                        "method.grpo.format_regex", "method.grpo.length_target", "method.grpo.use_vllm"]),
+]
+PLOTTED = ("rewards/margins", "rewards/accuracies", "reward", "reward_std", "kl", "accuracy", "margin")
+
+
+def curves(events: list[dict]) -> pd.DataFrame:
+    """Stage metrics from the log events: columns step, value, series (per-function GRPO rewards included)."""
+    rows = []
+    for e in events:
+        if e["event"] != "log":
+            continue
+        for k, v in e.items():
+            if isinstance(v, (int, float)) and (k in PLOTTED or (k.startswith("rewards/") and k.endswith("/mean"))):
+                rows.append((e["step"], float(v), k))
+    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": "int64", "value": "float64", "series": "str"})
+
+
+def build(fields: dict, rows, stage: str) -> list:
+    """Accordions with each stage's fields (added to `fields`); `rows(names, special)` lays out widgets."""
+    import gradio as gr
+
+    boxes = []
+    for title, stages, names in GROUPS:
+        with gr.Accordion(f"{title} options", open=True, visible=stage in stages) as box:
+            fields.update(rows([n for n in names if n not in fields], {}))
+        boxes.append((box, stages))
+    return boxes
+
+
+def wire(stage_widget, boxes: list, dataset_dir_widget, dataset_widgets: list, workdir) -> None:
+    """A stage change shows its fields and offers only the datasets that fit it."""
+    import gradio as gr
+
+    from studio.data import preference
+
+    def on_stage(stage, folder):
+        names = preference.fitting(workdir / (folder or "data"), stage)
+        shown = [gr.update(visible=stage in stages) for _, stages in boxes]
+        return shown + [gr.update(choices=names) for _ in dataset_widgets]
+
+    stage_widget.change(on_stage, [stage_widget, dataset_dir_widget], [b for b, _ in boxes] + list(dataset_widgets))
