@@ -184,7 +184,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
 
     from studio.model import methods
     from studio.model import models
-    from studio.train.job import stages
+    from studio.train import stages
     from studio.data import encode
     from studio.data.templates import Template
 

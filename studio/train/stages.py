@@ -192,7 +192,7 @@ def trainer(spec, model, tokenizer, template, run_dir: Path, train_ds, eval_ds, 
         return RewardTrainer(**common)
     from trl import GRPOTrainer
 
-    from studio.train.job import rewards
+    from studio.train import rewards
 
     return GRPOTrainer(reward_funcs=rewards.load(m.grpo), **common)
 
