@@ -13,7 +13,7 @@ from studio.run import events as ev
 
 
 def test_early_stopping_keeps_the_best_adapter_and_says_so(tiny_model, tmp_path):
-    over = {"data.val_size": 0.2, "train.eval_steps": 1, "train.save_steps": 1, "train.max_steps": 30, "train.learning_rate": 0.3,
+    over = {"data.val_size": 0.2, "train.eval_steps": 1, "train.save_steps": 1, "train.max_steps": 30, "train.learning_rate": 3.0,
             "train.load_best_model_at_end": "true", "train.early_stopping_patience": 2, "train.save_total_limit": 2}
     res = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"),
                           *tiny_spec(tiny_model, tmp_path, **over)], capture_output=True, text=True, cwd=ROOT, timeout=600)
