@@ -1,12 +1,14 @@
 """The `studio` command: each verb is a few lines that call the core; a job's verb lives in its own package.
 
-    studio train SPEC [key=value ...] [--dry-run] [--detach]
+    studio train SPEC [key=value ...] [--dry-run] [--detach]      (a spec with a `sweep:` section: one run per point)
+    studio train --resume RUN [key=value ...]
     studio eval SPEC [key=value ...]  |  studio eval score PREDICTIONS.jsonl
     studio export SPEC [key=value ...]
     studio generate SPEC [key=value ...]
     studio chat [--model M] [--adapter PATH]
     studio data check [--dataset-dir DIR] [--stage sft|pt|dpo|kto|rm|grpo] [NAME ...]
     studio runs [--root runs]
+    studio queue [cancel RUN | move RUN --to N] [--root runs]
     studio webui [--host H] [--port P] [--auth USER:PASS]
 """
 from __future__ import annotations
@@ -23,6 +25,17 @@ def _err(msg: str) -> int:
 def cmd_train(args) -> int:
     from studio import spec as specmod
 
+    if args.resume:
+        from studio.launch.follow import resume_spec, run_job
+
+        overrides = ([args.spec] if args.spec else []) + args.overrides  # `studio train --resume RUN key=value ...`
+        return run_job(resume_spec(args.resume, overrides), args.dry_run, args.detach)
+    if not args.spec:
+        return _err("studio train needs a SPEC file (or --resume RUN)")
+    from studio.launch import sweep
+
+    if sweep.has_sweep(args.spec):
+        return sweep.run_sweep(args.spec, args.overrides, args.dry_run, args.detach)
     spec = specmod.load(args.spec, args.overrides)
     if spec.task != "train":
         return _err(f"{args.spec}: task is `{spec.task}`; run it with `studio {spec.task}`")
@@ -71,6 +84,8 @@ def cmd_runs(args) -> int:
         loss = f"{r.last_loss:.4f}" if r.last_loss is not None else ""
         steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step or "")
         print(f"{r.name:<28} {r.status:<9} {r.task:<6} {r.method:<12} {r.datasets[:20]:<20} {steps:>9} {loss:>8}")
+        if runs.resumable(r.path):
+            print(f"{'':<28} can be resumed: studio train --resume {r.path}")
         if r.message:
             print(f"{'':<28} {r.message[:100]}")
         if r.last_eval:
@@ -85,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     t = sub.add_parser("train", help="train from a spec file (key=value overrides, e.g. train.max_steps=10)")
-    t.add_argument("spec")
+    t.add_argument("spec", nargs="?", help="the spec file; one with a `sweep:` section queues one run per point")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides of the spec")
     t.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
     t.add_argument("--detach", action="store_true", help="start the job in the background and return")
+    t.add_argument("--resume", metavar="RUN", help="continue a crashed or aborted run from its last checkpoint, with its own spec")
     t.set_defaults(fn=cmd_train)
 
     d = sub.add_parser("data", help="dataset tools")
@@ -114,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("studio.generate.cli").generate.cli.add_cli(sub)
     __import__("studio.ui.serve").ui.serve.add_cli(sub)
     __import__("studio.serve.cli").serve.cli.add_cli(sub)
+    __import__("studio.launch.queue_cli").launch.queue_cli.add_cli(sub)
     return p
 
 

@@ -10,12 +10,19 @@ from conftest import ROOT
 from studio import spec as specmod
 
 EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
+SWEEPS = [p for p in EXAMPLES if "sweep" in specmod.read_yaml(p)]  # a `sweep:` section: checked through its first point
+
+
+def _load(path):
+    from studio.launch import sweep
+
+    return sweep.plan(path, [])[2][0][1] if path in SWEEPS else specmod.load(path)
 
 
 def test_there_is_an_example_for_every_finetuning_type():
-    types = {specmod.load(p).method.finetuning_type for p in EXAMPLES if specmod.load(p).task == "train"}
+    types = {_load(p).method.finetuning_type for p in EXAMPLES if _load(p).task == "train"}
     assert types == set(specmod.FINETUNING_TYPES)
-    stages = {specmod.load(p).method.stage for p in EXAMPLES if specmod.load(p).task == "train"}
+    stages = {_load(p).method.stage for p in EXAMPLES if _load(p).task == "train"}
     assert stages == set(specmod.STAGES)
 
 
@@ -24,7 +31,7 @@ def test_example_loads_and_says_how_to_run_it(path, monkeypatch, tmp_path):
     from studio.launch.preflight import preflight
 
     monkeypatch.chdir(ROOT)  # examples name paths relative to the repository root, as their first line runs them
-    spec = specmod.load(path)
+    spec = _load(path)
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first == f"# studio {spec.task} {path.relative_to(ROOT).as_posix()}", f"{path.name}: first line should give the command"
     assert specmod.load(None, [], base=specmod.to_dict(spec)) == spec  # round-trips through its own dict

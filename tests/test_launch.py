@@ -239,33 +239,6 @@ def test_dockerfile_conventions():
     assert "docker run --gpus all -p 7860:7860 -v" in (ROOT / "docs" / "scale-out.md").read_text()
 
 
-def test_cli_and_page_refuse_a_second_job_on_busy_devices_with_the_same_words(tmp_path, studio_cmd):
-    """One rule (launch.preflight) for `studio train` and the page: a running job on the same devices refuses the next."""
-    from studio.ui import jobs
-
-    runs_root = tmp_path / "runs"
-    busy = runs_root / "busy"
-    specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
-        second = runs_root / "second"
-        res = subprocess.run([*studio_cmd, "train", "examples/identity_lora.yaml", f"output_dir={second}",
-                              f"data.dataset_dir={ROOT / 'data'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-        with pytest.raises(specmod.SpecError) as page:
-            jobs.start(specmod.load(ROOT / "examples" / "identity_lora.yaml", [f"output_dir={second}"]), tmp_path, runs_root)
-        assert str(page.value) in res.stderr and "busy is running on the same devices" in str(page.value)
-        assert not second.exists()
-        specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")
-        ok = subprocess.run([*studio_cmd, "train", "examples/identity_lora.yaml", f"output_dir={second}", "launch.devices=1",
-                             "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert "running on the same devices" not in ok.stderr
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-
-
 def test_preflight_lists_every_problem_at_once(tmp_path):
     from studio.launch.preflight import preflight
 

@@ -11,6 +11,7 @@ import pytest
 from studio import spec as specmod
 from studio.ui import form, jobs, monitor, train_tab
 from studio.ui.serve import check_access
+from studio.run import status as runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,6 +94,10 @@ def test_monitor_final_messages(tmp_path):
     assert "failed" in text and "ValueError: boom" in text and "Traceback" in text
     done = [{"event": "done", "t": 1, "step": 3, "train_loss": 1.25, "path": "runs/x/adapter"}]
     assert "train loss 1.2500" in monitor.final_message(done, "done", tmp_path)
+    best = [{**done[0], "best_step": 2, "best_metric": 1.5, "metric_for_best_model": "eval_loss", "weights_from_step": 2, "early_stopped": True}]
+    assert "best eval_loss 1.5000 at step 2, weights from step 2; early stopping ended it" in monitor.final_message(best, "done", tmp_path)
+    cancelled = [{"event": "aborted", "t": 1, "step": 0, "message": "cancelled before it started"}]
+    assert "aborted:** cancelled before it started" in monitor.final_message(cancelled, "aborted", tmp_path)
 
 
 def test_access_rule():
@@ -185,7 +190,7 @@ def test_preview_marks_trained_tokens_and_refuses_masked_data(tiny_model, tmp_pa
     assert not (tmp_path / "runs" / "m" / "job.json").exists()
 
 
-def test_second_start_on_the_same_devices_is_refused(tmp_path):
+def test_second_start_on_the_same_devices_is_queued(tmp_path):
     runs_root = tmp_path / "runs"
     busy = runs_root / "busy"
     specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
@@ -193,10 +198,11 @@ def test_second_start_on_the_same_devices_is_refused(tmp_path):
     try:
         (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
         second = specmod.load(None, [f"output_dir={runs_root / 'second'}"])
-        with pytest.raises(specmod.SpecError, match="busy is running on the same devices"):
-            jobs.start(second, tmp_path, runs_root)
-        assert not (runs_root / "second").exists()
-        from studio.launch import preflight
+        out = jobs.start(second, tmp_path, runs_root)
+        assert "busy is running on the same devices" in jobs.notes[str(out)] and runs.status(out) == "queued"
+        from studio.launch import preflight, queue
+
+        queue.cancel("second", runs_root)
 
         other_gpu = specmod.load(None, [f"output_dir={runs_root / 'second'}", "launch.devices=1"])
         specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")

@@ -1,6 +1,6 @@
 """Following a job from the terminal: start it, print its events until the final one, and make sure there is one.
 
-    rc = run_job(spec)                 # preflight, start, follow; 0 done, 1 error, 130 aborted (what `studio train` does)
+    rc = run_job(spec)                 # preflight, start (or queue and wait its turn), follow; 0 done, 1 error, 130 aborted
     finish(run_dir, proc.returncode)   # the child is gone: make sure the events end with done/error/aborted
 """
 from __future__ import annotations
@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from studio.launch import command, preflight, process
+from studio.launch import command, preflight, process, queue
 from studio.run import events as ev
 from studio.run import job
+from studio.run import status as runs
 
 
 def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str | None = None) -> int:
@@ -26,9 +27,22 @@ def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str 
         return 0
     run_dir = Path(spec.output_dir)
     offset = (run_dir / ev.FILE).stat().st_size if (run_dir / ev.FILE).exists() else 0
-    proc = command.start(spec)
+    if spec.launch.nnodes > 1 and spec.launch.node_rank > 0:
+        proc, note = command.start(spec), ""  # joins node 0's job: never queued
+    else:
+        proc, note = queue.submit(spec)
     print(f"run folder: {run_dir}   (log: {run_dir / 'output.log'})", flush=True)
-    if detach:
+    if proc is None:
+        print(note, flush=True)
+        if detach:
+            print(f"waiting in the queue in the background; see: studio queue --root {runs.root_of(run_dir)}")
+            return 0
+        proc = _wait_turn(run_dir)
+        if proc is None:
+            last = ev.final(ev.read(run_dir, offset)[0])
+            print(format_event(last) if last else "the job left the queue without starting", flush=True)
+            return 130
+    elif detach:
         print(f"started in the background (pid {proc.pid}); follow with: studio runs")
         return 0
     if spec.launch.node_rank > 0:  # node 0 writes the events; this node only runs its ranks
@@ -51,6 +65,45 @@ def run_job(spec, dry_run: bool = False, detach: bool = False, studio_line: str 
         print(f"job failed: {last.get('message')}\n(full log: {run_dir / 'output.log'})", file=sys.stderr)
         return 1
     return 0 if last["event"] == "done" else 130
+
+
+def resume_spec(run_dir: str | Path, overrides: list[str] | None = None):
+    """The spec that continues a crashed or aborted run: its own spec.yaml, from its last checkpoint."""
+    from studio import spec as specmod
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "spec.yaml").is_file():
+        raise specmod.SpecError(f"--resume {run_dir}: not a run folder (no spec.yaml); studio runs lists the runs")
+    if not runs.resumable(run_dir):
+        why = "it has no checkpoint yet" if runs.last_checkpoint(run_dir) is None else f"it is {runs.status(run_dir)}"
+        raise specmod.SpecError(f"--resume {run_dir}: only a crashed or aborted training run with a checkpoint can be resumed; {why}")
+    return specmod.load(run_dir / "spec.yaml", [*(overrides or []), "train.resume_from_checkpoint=auto", f"output_dir={run_dir}"])
+
+
+class _Started:
+    """A job the queue's waiter started: followed by its process group, like a Popen."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.pid, self.returncode = run_dir, (runs.job_info(run_dir) or {}).get("pid"), None
+
+    def poll(self):
+        return None if runs.is_running(self.run_dir) else -1
+
+    def wait(self, timeout=None):
+        deadline = time.time() + (timeout or 1e9)
+        while self.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+
+
+def _wait_turn(run_dir: Path):
+    """Wait while the job is queued (Ctrl-C takes it out of the queue); its process once started, None if it left."""
+    try:
+        while runs.status(run_dir) == "queued":
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        queue.cancel(run_dir, runs.root_of(run_dir))
+        return None
+    return _Started(run_dir) if runs.job_info(run_dir) and runs.status(run_dir) not in ("aborted", "new") else None
 
 
 NODE_GRACE = 60.0  # s a node's ranks may outlive node 0's final event before this node stops them

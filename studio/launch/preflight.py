@@ -4,10 +4,9 @@
     problems(spec)             # the same problems as a list of messages
 
 The rules: the spec's own values (spec.validate, already run when the spec was built), the output folder (a job
-running in it; a run of another task or, for training, a run that is not being resumed), the devices (a running job
-on any of them), the launch settings (DeepSpeed config), and each task's own: the datasets exist and suit the stage
+running in it; a run of another task or, for training, a run that is not being resumed), the launch settings (DeepSpeed config), and each task's own: the datasets exist and suit the stage
 and the machine suits the method (train), the samples and models to compare (eval), the source and the target
-folder (export).
+folder (export). Busy devices refuse nothing: the job waits its turn (launch/queue.py, which uses busy_with).
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ def problems(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> list
 
 def _collect(spec, runs_root) -> list[Exception]:
     found = []
-    for rule in (_output_dir, _devices, _launch, *TASK_RULES.get(spec.task, ())):
+    for rule in (_output_dir, _launch, *TASK_RULES.get(spec.task, ())):
         try:
             rule(spec, runs_root)
         except Exception as e:
@@ -52,6 +51,9 @@ def _output_dir(spec, runs_root) -> None:
         return  # node 1, 2 ... join node 0's run folder
     if runs.is_running(out):
         raise specmod.SpecError(f"output_dir: {spec.output_dir} has a job running; choose another output folder or stop it first")
+    if runs.status(out) == "queued":
+        raise specmod.SpecError(f"output_dir: {spec.output_dir} has a job waiting in the queue; choose another output folder "
+                                "or cancel it first (studio queue cancel)")
     if not (out / "spec.yaml").is_file():
         return
     try:
@@ -84,7 +86,7 @@ def devices_overlap(a: str | None, b: str | None) -> bool:
 def busy_with(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> runs.RunInfo | None:
     """A running job (beside the output folder, or under runs_root) that uses any of `spec`'s devices."""
     out = Path(spec.output_dir).resolve()
-    roots = {out.parent} | ({Path(runs_root).resolve()} if runs_root else set())
+    roots = {runs.root_of(out)} | ({Path(runs_root).resolve()} if runs_root else set())
     for root in roots:
         for r in runs.list_runs(root):
             if r.status != "running" or r.path.resolve() == out:
@@ -96,16 +98,6 @@ def busy_with(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> run
             if devices_overlap(spec.launch.devices, other):
                 return r
     return None
-
-
-def _devices(spec, runs_root) -> None:
-    if spec.launch.nnodes > 1 and spec.launch.node_rank > 0:
-        return
-    other = busy_with(spec, runs_root)
-    if other is not None:
-        steps = f" (step {other.step}/{other.total_steps})" if other.total_steps else ""
-        raise specmod.SpecError(f"{other.path.name} is running on the same devices{steps}. Wait for it to end or Abort it "
-                                "(studio runs shows it), or give this job other GPUs in launch.devices.")
 
 
 def _launch(spec, runs_root) -> None:

@@ -4,10 +4,12 @@
     RUN_DIR/events.jsonl     the event stream (see events.py)
     RUN_DIR/output.log       everything the child printed
     RUN_DIR/job.json         {pid, pgid, argv, started, host} of the running child (written by launch.py)
+    RUN_DIR/queued.json      {queued, order, devices, waiter} while the job waits its turn (launch/queue.py)
+    ROOT/NAME/sweep.yaml     a sweep folder: its points are run folders ROOT/NAME/point-N (launch/sweep.py)
     RUN_DIR/adapter/ model/ checkpoint-N/ predictions.jsonl metrics.json export/
 
 Status is derived, never stored: a final event decides it; otherwise the child's process group is
-alive (running), or it died without a word (crashed).
+alive (running), or it died without a word (crashed). A queued.json newer than the last final event: queued.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from studio import spec as specmod
 from studio.run import events as ev
 
 JOB = "job.json"
+QUEUED = "queued.json"
+SWEEP = "sweep.yaml"
 
 
 @dataclass
@@ -44,7 +48,19 @@ class RunInfo:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return display_name(self.path)
+
+
+def display_name(run_dir: str | Path) -> str:
+    """NAME, or SWEEP/point-N for a point of a sweep (the path relative to the runs folder)."""
+    p = Path(run_dir)
+    return f"{p.parent.name}/{p.name}" if (p.parent / SWEEP).is_file() else p.name
+
+
+def root_of(run_dir: str | Path) -> Path:
+    """The folder that holds the run folders (runs/), also for a sweep's points (runs/NAME/point-N)."""
+    parent = Path(run_dir).resolve().parent
+    return parent.parent if (parent / SWEEP).is_file() else parent
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,6 +98,12 @@ def status(run_dir: str | Path, events: list[dict] | None = None) -> str:
     run_dir = Path(run_dir)
     events = ev.read_all(run_dir) if events is None else events
     last = ev.final(events)
+    try:
+        queued = json.loads((run_dir / QUEUED).read_text()).get("queued", 0)
+    except (OSError, json.JSONDecodeError):
+        queued = None
+    if queued is not None and (not last or last.get("t", 0) < queued) and not is_running(run_dir):
+        return "queued"
     if last:
         return last["event"]
     if is_running(run_dir):
@@ -163,12 +185,22 @@ def is_run_dir(path: Path) -> bool:
     return (path / "spec.yaml").is_file()
 
 
-def list_runs(root: str | Path = "runs") -> list[RunInfo]:
+def run_dirs(root: str | Path = "runs") -> list[Path]:
+    """The run folders in `root`, and the points of each sweep folder in it."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
-    runs = [info(p) for p in found]
+    found = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and is_run_dir(p):
+            found.append(p)
+        elif p.is_dir() and (p / SWEEP).is_file():
+            found += [q for q in sorted(p.iterdir()) if q.is_dir() and is_run_dir(q)]
+    return found
+
+
+def list_runs(root: str | Path = "runs") -> list[RunInfo]:
+    runs = [info(p) for p in run_dirs(root)]
     runs.sort(key=lambda r: r.started or 0, reverse=True)
     return runs
 
@@ -180,6 +212,19 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
         if m and p.is_dir():
             cks.append((int(m.group(1)), p))
     return max(cks)[1] if cks else None
+
+
+def resumable(run_dir: str | Path) -> bool:
+    """A training run that ended early (crashed, aborted, error) and left a checkpoint to continue from."""
+    run_dir = Path(run_dir)
+    if status(run_dir) not in ("crashed", "aborted", "error") or last_checkpoint(run_dir) is None:
+        return False
+    try:
+        import yaml
+
+        return (yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}).get("task", "train") == "train"
+    except Exception:
+        return False
 
 
 def unique_dir(root: str | Path, name: str) -> Path:

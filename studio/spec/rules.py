@@ -45,6 +45,7 @@ def validate(spec):
             bad(f"train.{name}: must be at least 1")
     if not 0 <= t.warmup_ratio < 1:
         bad("train.warmup_ratio: must be in [0, 1)")
+    _validate_best(spec, bad)
     _validate_method(spec, bad)
     try:
         validate_stage(spec)
@@ -81,6 +82,27 @@ def validate(spec):
     if problems:
         raise SpecError(problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(f"- {p}" for p in problems))
     return spec
+
+
+def _validate_best(spec, bad) -> None:
+    """Best checkpoint and early stopping: both watch evaluations during training."""
+    t, d = spec.train, spec.data
+    if not (t.load_best_model_at_end or t.early_stopping_patience is not None):
+        return
+    what = "train.load_best_model_at_end" if t.load_best_model_at_end else "train.early_stopping_patience"
+    if spec.method.stage not in ("sft", "pt"):
+        bad(f"{what}: works with method.stage sft or pt; clear it for {spec.method.stage}")
+    if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+        bad("train.early_stopping_patience: must be at least 1 (evaluations without improvement), or empty for never")
+    if not t.eval_steps or t.eval_steps < 1:
+        bad(f"{what}: needs train.eval_steps (evaluate every N steps), e.g. train.eval_steps=10")
+    elif t.load_best_model_at_end and t.save_steps % t.eval_steps:
+        bad(f"train.load_best_model_at_end: train.save_steps={t.save_steps} must be a multiple of train.eval_steps={t.eval_steps} "
+            "(a checkpoint is kept only where an evaluation ran)")
+    if spec.task == "train" and not (d.val_size > 0 or d.eval_dataset):
+        bad(f"{what}: needs eval data: data.val_size (e.g. 0.1) or data.eval_dataset")
+    if not t.metric_for_best_model:
+        bad("train.metric_for_best_model: name an eval metric, e.g. eval_loss")
 
 
 def _validate_method(spec, bad) -> None:

@@ -126,6 +126,10 @@ def sft_config(spec, run_dir: Path, has_eval: bool, the_plan=None):
         kw["use_liger_kernel"] = True
     if has_eval:
         kw.update(eval_strategy="steps" if t.eval_steps else "epoch", eval_steps=t.eval_steps, per_device_eval_batch_size=t.per_device_train_batch_size)
+        if t.load_best_model_at_end or t.early_stopping_patience is not None:
+            metric = t.metric_for_best_model
+            kw.update(metric_for_best_model=metric, greater_is_better=not metric.endswith("loss"),
+                      load_best_model_at_end=t.load_best_model_at_end)
     return SFTConfig(
         output_dir=str(run_dir),
         learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
@@ -210,12 +214,13 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     callback = make_callback(writer, run_dir, {"num_examples": len(train_ds), "trainable_params": trainable,
                                                "total_params": total_params, "data": vars(report) | {"issues": None}})
     methods.setup_reporting(spec, run_dir)
+    stopper = [] if staged else early_stopping(spec, eval_ds is not None)  # the stages' own trainers: not yet
     if staged:
         trainer = stages.trainer(spec, model, tokenizer, template, run_dir, train_ds, eval_ds, [callback, *methods.callbacks(spec), *callbacks],
                                  methods.optimizers(spec, model, args))
     else:
         trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                                  callbacks=[callback, *methods.callbacks(spec), *callbacks], optimizers=methods.optimizers(spec, model, args))
+                                  callbacks=[callback, *methods.callbacks(spec), *callbacks, *stopper], optimizers=methods.optimizers(spec, model, args))
     if the_plan.group_by_length and not staged:
         from studio.data.grouping import use_global_groups
 
@@ -240,6 +245,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     metrics = {"step": trainer.state.global_step, "train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
                "trainable_params": trainable, "total_params": total_params, **out}
     metrics.update(methods.peak_memory())
+    metrics.update(best_fields(spec, trainer, stopper, total))
     if eval_ds is not None and not _Stop.requested:
         done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
         last = done[-1] if done else trainer.evaluate()
@@ -247,6 +253,29 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     if _Stop.requested:
         metrics["aborted"] = True
     return metrics
+
+
+def early_stopping(spec, has_eval: bool) -> list:
+    """transformers' EarlyStoppingCallback when train.early_stopping_patience is set (and there is eval data)."""
+    if spec.train.early_stopping_patience is None or not has_eval:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=spec.train.early_stopping_patience)]
+
+
+def best_fields(spec, trainer, stopper: list, total_steps: int) -> dict:
+    """For the done event: the best evaluation (step, metric), whether the saved weights are from it, and whether
+    early stopping ended the run."""
+    t, st = spec.train, trainer.state
+    if not (t.load_best_model_at_end or stopper) or st.best_metric is None:
+        return {}
+    out = {"best_step": st.best_global_step, "best_metric": st.best_metric, "metric_for_best_model": t.metric_for_best_model,
+           "weights_from_step": st.best_global_step if t.load_best_model_at_end and st.best_model_checkpoint else st.global_step}
+    if stopper:
+        patience = stopper[0].early_stopping_patience_counter >= t.early_stopping_patience
+        out["early_stopped"] = bool(patience and st.global_step < total_steps)
+    return out
 
 
 def save(spec, trainer, run_dir: Path, template) -> dict:

@@ -9,6 +9,7 @@ list (↻ re-read dataset_info.json).
 from __future__ import annotations
 
 import html
+import os
 import threading
 import time
 from dataclasses import fields
@@ -19,6 +20,7 @@ import gradio as gr
 from studio.chat.session import ChatSession, GenParams
 from studio.data import collect, registry
 from studio.errors import is_user_error
+from studio.launch import queue
 from studio.serve.snippets import snippets
 from studio.ui import app, jobs, serve_panel
 
@@ -79,6 +81,20 @@ def stream_all(jobs_: list, system: str, params: GenParams):
         if not all(done):  # the page went away: end the generations
             for session, _, _ in jobs_:
                 session.stop()
+
+
+CHAT_HOLDER = f"chat-{os.getpid()}"
+
+
+def _hold_gpu(runs_root) -> str:
+    """A chat model on a GPU counts as using it: queued jobs on that GPU wait until Unload (launch/queue.py)."""
+    on_gpu = any(s.loaded and next(s.model.parameters()).device.type == "cuda" for s in SESSIONS.values())
+    if not on_gpu:
+        queue.release(runs_root, CHAT_HOLDER)
+        return ""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES") or None
+    queue.hold(runs_root, CHAT_HOLDER, devices, "the page's chat model")
+    return f" · holds GPU {devices or 'all'}: queued jobs on it wait until you Unload"
 
 
 def build(ctx) -> None:
@@ -150,7 +166,8 @@ def build(ctx) -> None:
             except Exception as e:
                 yield status_html(f"{key.upper()} not loaded: {_problem(e)}", "error")
                 return
-        yield status_html(" · ".join(n.split("\n", 1)[-1] for n in notes if "\n" in n))
+        gpu = _hold_gpu(ctx.runs_root)
+        yield status_html(" · ".join(n.split("\n", 1)[-1] for n in notes if "\n" in n) + gpu)
 
     api_inputs = [top["model.name_or_path"], top["model.adapter"], system]
     for comp in api_inputs:  # the lines follow the chosen model, adapter and system prompt
@@ -161,6 +178,7 @@ def build(ctx) -> None:
     def on_unload():
         for s in SESSIONS.values():
             s.unload()
+        queue.release(ctx.runs_root, CHAT_HOLDER)
         return status_html("unloaded")
 
     unload.click(on_unload, None, status)

@@ -155,7 +155,7 @@ def build(ctx) -> None:
     def on_tick(st):
         jobs.reap()
         st, changed, status = monitor.tick(st)
-        keep = gr.skip() if status == "running" else gr.Timer(active=False)
+        keep = gr.skip() if status in ("running", "queued") else gr.Timer(active=False)
         if not changed:
             return st, gr.skip(), gr.skip(), keep
         finished = status in ("done", "error", "aborted", "crashed")

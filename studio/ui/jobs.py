@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from studio.launch import command, preflight, process
+from studio.launch import preflight, process, queue
 from studio.run import status as runs
 from studio import spec as specmod
 from studio.data import registry
@@ -48,7 +48,8 @@ def reap() -> None:
 
 def start(spec: specmod.JobSpec, workdir: Path, runs_root: Path, check_data=None) -> Path:
     """Refuse what cannot run (paths, then every rule of launch.preflight, then the data as the preview encodes it),
-    then start the child detached. Returns the run folder."""
+    then start the child detached, or queue it when its devices are busy (`notes[run folder]` says why). Returns the
+    run folder."""
     reap()
     out = inside(workdir, spec.output_dir, "output_dir")
     preflight.preflight(spec, runs_root)
@@ -58,8 +59,14 @@ def start(spec: specmod.JobSpec, workdir: Path, runs_root: Path, check_data=None
             raise DataError(result["error"])
         if result.get("reason"):
             raise DataError(f"the data cannot train: {result['reason']} (see Dataset preview)")
-    _children.append(command.start(spec))
+    proc, note = queue.submit(spec, runs_root)
+    if proc is not None:
+        _children.append(proc)
+    notes[str(out)] = note
     return out
+
+
+notes: dict[str, str] = {}  # run folder -> why it was queued ("" when it started at once)
 
 
 def stop(run_dir: str | Path) -> bool:

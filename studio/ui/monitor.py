@@ -123,8 +123,15 @@ def final_message(events: list[dict], status: str, run_dir: str | Path) -> str:
     if status == "done":
         loss = end.get("train_loss")
         extra = f", eval loss {end['eval_loss']:.4f}" if end.get("eval_loss") is not None else ""
+        if end.get("best_step") is not None:
+            extra += (f"; best {end.get('metric_for_best_model')} {end['best_metric']:.4f} at step {end['best_step']}, "
+                      f"weights from step {end.get('weights_from_step')}")
+        if end.get("early_stopped"):
+            extra += "; early stopping ended it"
         return f"**{name}: done** in {end.get('step')} steps, train loss {loss:.4f}{extra}. Saved to `{end.get('path')}`." if loss is not None \
             else f"**{name}: done.**"
+    if status == "aborted" and end.get("message"):
+        return f"**{name}: aborted:** {end['message']}."
     if status == "aborted":
         return f"**{name}: aborted** at step {end.get('step', 0)}." + (f" Checkpoint: `{end['checkpoint']}`" if end.get("checkpoint") else "")
     if status in ("error", "crashed"):

@@ -9,12 +9,13 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from studio.launch import queue, sweep
 from studio.run import events as ev
 from studio.run import status as runs
 from studio import spec as specmod
 from studio.ui import monitor
 
-COLUMNS = ["run", "status", "model", "datasets", "method", "started", "steps", "last loss"]
+COLUMNS = ["run", "status", "model", "datasets", "method", "started", "steps", "last loss", "resume"]
 
 
 def table(runs_root: Path) -> pd.DataFrame:
@@ -24,8 +25,61 @@ def table(runs_root: Path) -> pd.DataFrame:
         steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step or "")
         model = r.model if len(r.model) < 40 else "…" + r.model[-38:]
         rows.append([r.name, r.status, model, r.datasets, r.method, started, steps,
-                     f"{r.last_loss:.4f}" if r.last_loss is not None else ""])
+                     f"{r.last_loss:.4f}" if r.last_loss is not None else "", "can resume" if runs.resumable(r.path) else ""])
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+QUEUE_COLUMNS = ["position", "run", "devices", "queued", "waits for"]
+
+
+def queue_table(runs_root: Path) -> pd.DataFrame:
+    """The jobs waiting for their devices, as `studio queue` lists them."""
+    queue.revive(runs_root)  # a waiter gone after a reboot or a kill starts again
+    rows = [[e.position, e.name, e.devices or "all", time.strftime("%H:%M:%S", time.localtime(e.queued)),
+             e.waits_for or "its devices are free: starting"] for e in queue.entries(runs_root)]
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
+def queue_action(runs_root: Path, action: str, run: str, to) -> str:
+    """Cancel or move a waiting job (the same calls as `studio queue cancel|move`); a message for the page."""
+    from studio.errors import is_user_error
+
+    if not run:
+        return "pick a waiting run first (click its row)"
+    try:
+        if action == "cancel":
+            queue.cancel(run, runs_root)
+            return f"cancelled {run}: it will not start"
+        queue.move(run, int(to or 1), runs_root)
+        return f"moved {run} to position {int(to or 1)}"
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        return f"Error: {e}"
+
+
+def sweep_table(folder: Path) -> pd.DataFrame:
+    """A sweep's runs side by side (launch.sweep.compare): the fields that differ, losses, the best row marked."""
+    t = sweep.compare(sweep.points_of(folder))
+    return pd.DataFrame(t["rows"], columns=t["columns"])
+
+
+def resume(run: str, workdir: Path, runs_root: Path) -> str:
+    """Continue a crashed or aborted run from its last checkpoint (what `studio train --resume RUN` does)."""
+    from studio.errors import is_user_error
+    from studio.launch.follow import resume_spec
+    from studio.ui import jobs
+
+    try:
+        spec = resume_spec(runs_root / run)
+        spec.output_dir = str(runs_root / run)
+        out = jobs.start(spec, workdir, runs_root)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        return f"Error: {e}"
+    note = jobs.notes.get(str(out))
+    return f"resuming {run}: {note}" if note else f"resuming {run} from its last checkpoint"
 
 
 def spec_dict(run_dir: Path) -> dict:
@@ -57,11 +111,25 @@ def build(ctx, follow_state, timer=None) -> gr.Dataframe:
         pick = gr.Dropdown(choices=[], value=[], multiselect=True, label="selected runs",
                            info="Click a row to select it; add more here to compare their curves.", elem_id="run-pick", scale=4)
         follow_btn = gr.Button("Follow in monitor", size="sm", scale=0, min_width=160, elem_id="follow-run")
+        resume_btn = gr.Button("Resume", size="sm", scale=0, min_width=100, elem_id="resume-run")
+    resume_note = gr.Markdown("", elem_id="resume-note")
     listing = gr.Dataframe(value=table(runs_root), headers=COLUMNS, interactive=False, elem_id="runs-table", max_height=320)
     with gr.Row():
         plot = gr.LinePlot(x="step", y="value", color="series", title="loss of the selected runs", height=280, scale=2,
                            elem_id="runs-plot")
         diff = gr.Dataframe(value=pd.DataFrame(columns=["field"]), label="spec fields that differ", interactive=False, scale=1, elem_id="runs-diff")
+    with gr.Accordion("compare a sweep", open=True):
+        sweep_pick = gr.Dropdown(choices=[], value=None, label="sweep folder", elem_id="sweep-pick",
+                                 info="Its runs side by side (click a header to sort); their curves overlay above.")
+        sweep_cmp = gr.Dataframe(value=pd.DataFrame(columns=["run"]), interactive=False, elem_id="sweep-compare")
+    with gr.Accordion("queue: jobs waiting for their devices", open=True):
+        queue_list = gr.Dataframe(value=queue_table(runs_root), headers=QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
+        with gr.Row():
+            queue_run = gr.Textbox(label="waiting run", scale=3, elem_id="queue-run", info="Click a row of the queue to pick it.")
+            queue_to = gr.Number(value=1, precision=0, minimum=1, label="move to position", scale=1, elem_id="queue-to")
+            cancel_btn = gr.Button("Cancel it", size="sm", scale=0, min_width=110, elem_id="queue-cancel")
+            move_btn = gr.Button("Move", size="sm", scale=0, min_width=90, elem_id="queue-move")
+        queue_note = gr.Markdown("", elem_id="queue-note")
     with gr.Accordion("log and spec of the selected run", open=False):
         with gr.Row():
             log = gr.Textbox(lines=16, max_lines=16, label="output.log (end)", elem_id="runs-log")
@@ -74,8 +142,29 @@ def build(ctx, follow_state, timer=None) -> gr.Dataframe:
         have = names()
         return table(runs_root), gr.update(choices=have, value=[s for s in selected or [] if s in have])
 
-    refresh.click(on_refresh, pick, [listing, pick])
-    ctx.demo.load(on_refresh, pick, [listing, pick])
+    def others():
+        return queue_table(runs_root), gr.update(choices=[p.name for p in sweep.sweep_folders(runs_root)])
+
+    refresh.click(on_refresh, pick, [listing, pick]).then(others, None, [queue_list, sweep_pick])
+    ctx.demo.load(on_refresh, pick, [listing, pick]).then(others, None, [queue_list, sweep_pick])
+
+    def on_sweep(name):
+        if not name or not (runs_root / name).is_dir():
+            return gr.skip(), pd.DataFrame(columns=["run"])
+        points = [runs.display_name(p) for p in sweep.points_of(runs_root / name)]
+        return gr.update(choices=names(), value=points), sweep_table(runs_root / name)
+
+    sweep_pick.change(on_sweep, sweep_pick, [pick, sweep_cmp])
+    resume_btn.click(lambda sel: resume(sel[0], ctx.workdir, runs_root) if sel else "select a crashed or aborted run first",
+                     pick, resume_note).then(lambda: table(runs_root), None, listing)
+    def on_queue_row(evt: gr.SelectData):
+        row = evt.row_value or []
+        return row[1] if len(row) > 1 else gr.skip()
+
+    queue_list.select(on_queue_row, None, queue_run)
+    for btn, action in ((cancel_btn, "cancel"), (move_btn, "move")):
+        btn.click(lambda run, to, a=action: queue_action(runs_root, a, run, to), [queue_run, queue_to], queue_note).then(
+            lambda: (queue_table(runs_root), table(runs_root)), None, [queue_list, listing])
     listing.change(lambda sel: gr.update(choices=names(), value=sel), pick, pick)
 
     def on_row(evt: gr.SelectData):

@@ -41,7 +41,8 @@ METHOD_GROUPS = [  # (title, finetuning types, fields); a field is drawn once, s
     ("Prompt tuning", ["prompt"], ["method.prompt.init_text"]),
 ]
 MORE = ["train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "train.optim", "train.gradient_checkpointing",
-        "train.eval_steps", "train.save_total_limit", "train.seed", "train.resume_from_checkpoint", "data.train_on_prompt",
+        "train.eval_steps", "train.load_best_model_at_end", "train.metric_for_best_model", "train.early_stopping_patience",
+        "train.save_total_limit", "train.seed", "train.resume_from_checkpoint", "data.train_on_prompt",
         "data.mask_history", "data.group_by_length", "model.attn_implementation", "train.liger_kernel", "train.neftune_alpha", "model.quantization_type", "model.double_quantization", "train.report_to",
         "train.report_offline"]
 # The page's first spec: what examples/identity_lora.yaml trains (identity, with alpaca_demo mixed in).
@@ -229,6 +230,9 @@ def build(ctx) -> None:
                 raise
             return st, _message(str(e), "error"), gr.skip(), gr.skip()
         rel = spec.output_dir
+        if jobs.notes.get(str(run_dir)):  # queued: the timer follows it until it starts and ends
+            return (monitor.follow(run_dir), _message(f"`{rel}` {jobs.notes[str(run_dir)]}", "info"), runs_view.table(runs_root),
+                    gr.Timer(active=True))
         return (monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root),
                 gr.Timer(active=True))
 
@@ -247,7 +251,7 @@ def build(ctx) -> None:
     def on_tick(st, show_log):
         jobs.reap()
         st, changed, status = monitor.tick(st)
-        keep = gr.skip() if status == "running" else gr.Timer(active=False)  # a finished run is drawn once more, then rests
+        keep = gr.skip() if status in ("running", "queued") else gr.Timer(active=False)  # a finished run is drawn once more, then rests
         log = gr.skip()
         if show_log:  # the log box is sent only while its section is open, and only when output.log grew
             size = monitor.log_size(st["run"])
