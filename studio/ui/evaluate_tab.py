@@ -282,7 +282,7 @@ def build(ctx) -> None:
         status = st.get("status")
         if status not in ev.FINAL:
             status = runs.status(st["run"], st["events"] + new)
-        keep = (gr.skip() if status == "running" else gr.Timer(active=False),)
+        keep = (gr.skip() if status in ("running", "queued") else gr.Timer(active=False),)
         if not new and status == st.get("status"):
             return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs) + keep
         st = {**st, "offset": offset, "events": st["events"] + new, "status": status}
