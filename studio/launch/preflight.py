@@ -64,7 +64,7 @@ def _output_dir(spec, runs_root) -> None:
         held = RUN_NOUN.get(task, f"a {task} run")
         raise specmod.SpecError(f"output_dir: {spec.output_dir} holds {held}, which this {spec.task} job would replace; "
                                 f"choose another output_dir, e.g. output_dir=runs/{spec.task}_1")
-    if spec.task == "train" and not spec.train.resume_from_checkpoint:
+    if spec.task == "train" and not spec.train.resume_from_checkpoint and spec.launch.nnodes == 1:  # nodes share one folder
         raise specmod.SpecError(f"output_dir: {spec.output_dir} already holds a run; choose another name, clear the field for a "
                                 "new automatic name, or set train.resume_from_checkpoint=auto to continue it")
 
