@@ -9,6 +9,7 @@
     studio data check [--dataset-dir DIR] [--stage sft|pt|dpo|kto|rm|grpo] [NAME ...]
     studio runs [--root runs]
     studio queue [cancel RUN | move RUN --to N] [--root runs]
+    studio serve [--model M] [--adapter NAME=PATH ...] [--host H] [--port P] [--api-key KEY]
     studio webui [--host H] [--port P] [--auth USER:PASS]
 """
 from __future__ import annotations
@@ -96,7 +97,7 @@ def cmd_runs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="studio", description="Fine-tune language models: train, evaluate, chat, export.")
+    p = argparse.ArgumentParser(prog="studio", description="Fine-tune language models: train, evaluate, chat, export, serve, generate data.")
     sub = p.add_subparsers(dest="verb", required=True)
 
     t = sub.add_parser("train", help="train from a spec file (key=value overrides, e.g. train.max_steps=10)")
