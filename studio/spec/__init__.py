@@ -14,6 +14,6 @@ from studio.spec.io import (  # noqa: F401
     _hints, _is_section, dump, dumps, field_help, field_info, flatten, from_dict, get, load, merge, parse_overrides,
     read_yaml, to_dict,
 )
-from studio.spec.rules import validate  # noqa: F401
 from studio.spec.sections import *  # noqa: F401,F403  JobSpec and its sections
 from studio.spec.stages import *  # noqa: F401,F403  the preference and RL stages' sections
+from studio.spec.rules import validate  # noqa: F401,E402  (last: no section module may shadow it)

@@ -12,6 +12,9 @@ from typing import Optional
 
 from studio.spec.fields import SpecError, _f
 
+__all__ = ["STAGES", "PREFERENCE_STAGES", "DPO_LOSSES", "KTO_LOSSES", "GRPO_LOSSES", "BUILTIN_REWARDS",
+           "DpoSpec", "KtoSpec", "RmSpec", "GrpoSpec"]  # what `studio.spec` re-exports (not `validate`)
+
 STAGES = ["sft", "pt", "dpo", "kto", "rm", "grpo"]
 PREFERENCE_STAGES = ("dpo", "kto", "rm", "grpo")
 DPO_LOSSES = ["sigmoid", "ipo", "hinge", "robust", "orpo", "simpo"]
