@@ -212,7 +212,7 @@ def test_two_nodes_on_one_machine(one_process, tiny_model, tmp_path):
 def test_a_node_stops_when_node_0_has_ended(tiny_model, tmp_path):
     """Node 1 of a job whose node 0 has already failed: its ranks wait in the rendezvous; node 0's final event in the
     shared folder makes node 1 stop them instead of waiting out torchrun's 15-minute timeout."""
-    from studio import cli
+    from studio.launch import follow
 
     spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", _overrides(
         tiny_model, tmp_path, "run", 2, "launch.nnodes=2", "launch.node_rank=1", f"launch.master_port={launch.free_port()}"))
@@ -222,6 +222,6 @@ def test_a_node_stops_when_node_0_has_ended(tiny_model, tmp_path):
     assert proc.poll() is None
     ev.EventWriter(run_dir, enabled=True).write("error", message="node 0: out of memory")
     t0 = time.time()
-    assert cli._wait_node(run_dir, proc, 0, grace=1) == 1
+    assert follow._wait_node(run_dir, proc, 0, grace=1) == 1
     print(f"node 1 stopped {time.time() - t0:.1f}s after node 0's error")
     assert time.time() - t0 < 60 and not _left(run_dir)
