@@ -206,10 +206,11 @@ def list_runs(root: str | Path = "runs") -> list[RunInfo]:
 
 
 def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint: a job killed while saving leaves a folder without trainer_state.json."""
     cks = []
     for p in Path(run_dir).glob("checkpoint-*"):
         m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and p.is_dir():
+        if m and p.is_dir() and (p / "trainer_state.json").is_file():
             cks.append((int(m.group(1)), p))
     return max(cks)[1] if cks else None
 
