@@ -255,15 +255,11 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
 
 
 def body(spec, run_dir: Path, writer: ev.EventWriter):
-    try:
-        return "done", run(spec, run_dir, writer)
-    except job.Aborted:
-        progress = [e for e in ev.read_all(run_dir) if e["event"] == "progress"]
-        raise job.Aborted(step=progress[-1]["done"] if progress else 0) from None
+    return "done", run(spec, run_dir, writer)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job.main(body, __doc__, argv)
+    return job.main(body, __doc__, argv, step_from_progress=True)
 
 
 if __name__ == "__main__":

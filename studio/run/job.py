@@ -34,7 +34,9 @@ def raise_aborted(signum, frame):
     raise Aborted()
 
 
-def main(body, doc: str = "", argv: list[str] | None = None, on_signal=raise_aborted) -> int:
+def main(body, doc: str = "", argv: list[str] | None = None, on_signal=raise_aborted, step_from_progress: bool = False) -> int:
+    """`step_from_progress`: a job that counts `progress` events (eval, generate) reports, when stopped, the last
+    count as the `aborted` event's step."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print(doc)
@@ -47,7 +49,8 @@ def main(body, doc: str = "", argv: list[str] | None = None, on_signal=raise_abo
         spec = specmod.load(run_dir / "spec.yaml")
         event, fields = body(spec, run_dir, writer)
     except Aborted as a:
-        event, fields = "aborted", {"step": 0, **a.fields}
+        done = [e.get("done", 0) for e in ev.read_all(run_dir) if e["event"] == "progress"] if step_from_progress else []
+        event, fields = "aborted", {"step": done[-1] if done else 0, **a.fields}
     except Exception as e:  # every failure ends the job with an `error` event
         return fail(writer, run_dir, e)
     if event == "aborted" and _other_rank_failed(writer, run_dir):
