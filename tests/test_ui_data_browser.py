@@ -20,8 +20,6 @@ def pick(pg, elem_id: str, option: str) -> None:
     pg.locator(f"[role=option][aria-label='{option}']").first.click()
 
 
-@pytest.mark.skip(reason="known bug: the Data tab's Generate button does not start the job in the browser (no "
-                         "message appears); `studio generate` from the CLI works (tests/test_generate.py)")
 def test_generate_watch_and_see_kept_and_dropped(server, page):
     pg, workdir = page, server["workdir"]
     teacher = Teacher(key=None)

@@ -27,14 +27,11 @@ SHOWN = 200  # rows of kept / dropped samples shown
 
 
 def make_spec(values: dict, top: dict, runs_root: Path, workdir: Path) -> specmod.JobSpec:
-    from studio.generate.cli import check
-
     spec = form.values_to_spec({**values, **top}, specmod.JobSpec(task="generate"))
     spec.data.dataset_dir = str(jobs.inside(workdir, spec.data.dataset_dir, "data.dataset_dir"))
     name = f"{runs.stamp()}-generate-{spec.generate.output_dataset}"
     spec.output_dir = str(runs.unique_dir(runs_root, name).resolve().relative_to(Path(workdir).resolve()))
-    check(spec)  # refuse bad input before the job starts
-    return specmod.validate(spec)
+    return specmod.validate(spec)  # jobs.start then applies launch.preflight's rules
 
 
 def progress_html(events: list[dict], status: str, run: str | None) -> str:
