@@ -122,7 +122,12 @@ CSS = """
 
 
 def launch_kwargs() -> dict:
-    """Theme and CSS for Blocks.launch (system fonts: the page loads nothing from the internet)."""
+    """Theme, CSS and the early script for Blocks.launch (system fonts: the page loads nothing from the internet)."""
+    from starlette.middleware import Middleware
+
+    from studio.ui.early_script import EarlyScript
+
     fonts = [gr.themes.Font("system-ui"), gr.themes.Font("sans-serif")]
     mono = [gr.themes.Font("ui-monospace"), gr.themes.Font("monospace")]
-    return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS}
+    return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS,
+            "app_kwargs": {"middleware": [Middleware(EarlyScript)]}}
