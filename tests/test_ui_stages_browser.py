@@ -1,0 +1,59 @@
+"""The preference stages on the page, in a real headless browser: the stage chosen shows its own fields, the
+dataset lists offer only the entries that fit it, and a DPO run draws its reward margins and accuracies."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_ui_browser import (CHROMIUM, choose, followed_run, page, progress, server, set_number, set_text,  # noqa: F401
+                             wait_status)
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
+
+
+def options(pg, elem_id: str) -> list[str]:
+    pg.locator(f"#{elem_id} input").first.click()
+    pg.wait_for_selector("[role=option]")
+    names = pg.evaluate("() => [...document.querySelectorAll('[role=option]')].map(o => o.getAttribute('aria-label'))")
+    pg.keyboard.press("Escape")
+    return names
+
+
+def pick(pg, elem_id: str, option: str) -> None:
+    pg.locator(f"#{elem_id} input").first.click()
+    pg.locator(f"[role=option][aria-label='{option}']").first.click()
+
+
+def visible(pg, title: str) -> bool:
+    return pg.get_by_text(title, exact=True).first.is_visible()
+
+
+def test_dpo_on_the_page_shows_its_fields_fitting_data_and_margins(server, page, tiny_model):
+    pg, workdir = page, server["workdir"]
+    pg.goto(server["url"])
+    pg.wait_for_selector("#start")
+    assert not visible(pg, "DPO / ORPO / SimPO options")
+    pick(pg, "f-method-stage", "dpo")
+    pg.wait_for_function("() => [...document.querySelectorAll('button, span')].some(e => e.innerText === 'DPO / ORPO / SimPO options' && e.offsetParent)")
+    assert not visible(pg, "GRPO options") and not visible(pg, "KTO options")
+    assert pg.locator("#f-method-dpo-beta").is_visible()
+    offered = options(pg, "f-data-dataset")
+    assert offered == ["identity_pairs", "identity_pairs_eval"], offered  # the SFT entries are not offered
+
+    set_text(pg, "f-model-name_or_path", str(tiny_model))
+    choose(pg, "f-data-dataset", "identity_pairs")
+    set_number(pg, "f-train-max_steps", 3)
+    set_number(pg, "f-train-per_device_train_batch_size", 2)
+    set_number(pg, "f-train-gradient_accumulation_steps", 1)
+    pg.click("#start")
+    run = followed_run(workdir, set())
+    wait_status(pg, ("done", "error", "crashed"), 600)
+    assert progress(pg)["status"] == "done", pg.inner_text("#final")
+    pg.wait_for_selector("#stage-plot svg .role-axis", timeout=30_000)
+    legend = pg.inner_text("#stage-plot")
+    assert "rewards/margins" in legend and "rewards/accuracies" in legend, legend
+    spec = (run / "spec.yaml").read_text()
+    assert "stage: dpo" in spec and "identity_pairs" in spec
+    logs = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if '"log"' in x]
+    assert any("rewards/margins" in e for e in logs)
