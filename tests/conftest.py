@@ -65,20 +65,32 @@ def tiny_spec(tiny_model: Path, tmp_path: Path, data_dir: Path | str = ROOT / "d
 IDENTITY_OVERRIDES: list[str] = []  # the shipped example as it is: it must teach the name in one run
 
 
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder shared by every process of this test session (the workers of `pytest -n`, or the one process)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def identity_run(tmp_path_factory) -> Path:
-    """A finished `studio train examples/identity_lora.yaml` run on the default model (trained once per session).
+    """A finished `studio train examples/identity_lora.yaml` run on the default model, trained once per test session
+    (the first worker that needs it trains it; the others wait under a file lock and read it).
 
     Set STUDIO_IDENTITY_RUN to an existing finished run folder to reuse it while developing.
     """
     import subprocess
 
+    from filelock import FileLock
+
     reuse = os.environ.get("STUDIO_IDENTITY_RUN")
     if reuse and (Path(reuse) / "adapter" / "adapter_config.json").exists():
         return Path(reuse)
-    out = tmp_path_factory.mktemp("identity") / "identity_lora"
-    cmd = [sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"),
-           f"output_dir={out}", f"data.dataset_dir={ROOT / 'data'}", *IDENTITY_OVERRIDES]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    shared = shared_dir(tmp_path_factory)
+    out = shared / "identity" / "identity_lora"
+    with FileLock(str(shared / "identity.lock")):
+        if not (out / "adapter" / "adapter_config.json").exists():
+            cmd = [sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"),
+                   f"output_dir={out}", f"data.dataset_dir={ROOT / 'data'}", *IDENTITY_OVERRIDES]
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+            assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out

@@ -69,11 +69,11 @@ def test_page_shows_the_queue_and_a_sweep_and_a_killed_page_changes_nothing(serv
 
 
 @pytest.mark.slow
-def test_a_four_point_sweep_of_the_identity_example_is_compared_on_the_page(server, page):
-    """The shipped sweep on the default model (each point cut to 3 steps): four runs, compared, the best marked."""
+def test_a_four_point_sweep_of_the_identity_example_is_compared_on_the_page(server, page, tiny_model):
+    """The shipped sweep on the tiny model (each point cut to 3 steps): four runs, compared, the best marked."""
     pg, workdir = page, server["workdir"]
     res = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "sweep_identity.yaml"), "train.max_steps=3",
-                          "train.save_steps=3"], cwd=workdir, capture_output=True, text=True, timeout=1800)
+                          "train.save_steps=3", f"model.name_or_path={tiny_model}"], cwd=workdir, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     folder = workdir / "runs" / "sweep_identity"
     assert all(runs.status(folder / f"point-{i}") == "done" for i in range(1, 5))

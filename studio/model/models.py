@@ -41,10 +41,21 @@ def default_gguf() -> Path:
 
 
 def default_path() -> Path:
-    """The cached safetensors folder of the default model, converting the GGUF file on first use."""
+    """The cached safetensors folder of the default model, converting the GGUF file on first use (one process
+    converts; the others wait for it under a file lock)."""
     target = cache_root() / "models" / DEFAULT_NAME
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not ((target / "config.json").exists() and (target / "model.safetensors").exists()):
+            _convert_default(target)
+    return target
+
+
+def _convert_default(target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,7 +78,6 @@ def default_path() -> Path:
 
         shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    return target
 
 
 def resolve(name_or_path: str) -> str:
