@@ -115,6 +115,15 @@ def test_grpo_with_a_user_reward_file_logs_each_function(tiny_model, tmp_path):
     log = _logs(events)[-1]
     for key in ("reward", "reward_std", "rewards/number_only/mean", "rewards/numeric/mean", "completions/mean_length"):
         assert key in log, sorted(log)
+    samples = [e for e in events if e["event"] == "samples"]  # the page shows the latest completions and their rewards
+    assert samples and samples[-1]["step"] == log["step"], samples[-1:]
+    items = samples[-1]["items"]
+    assert 1 <= len(items) <= 4 and all(set(it["rewards"]) == {"number_only", "numeric"} for it in items), items
+    assert all("What is" in it["prompt"] and isinstance(it["completion"], str) for it in items), items
+    from studio.ui import stage_fields
+
+    shown = stage_fields.samples_html(events)
+    assert f"step {log['step']}" in shown and "number_only" in shown and "numeric" in shown
 
 
 def test_a_broken_reward_function_stops_the_job_naming_it_and_the_sample(tiny_model, tmp_path):

@@ -205,6 +205,10 @@ def format_event(e: dict) -> str:
         return f"{e.get('done')}/{e.get('total')} {e.get('unit', '')}".strip()
     if kind == "message":
         return e.get("text", "")
+    if kind == "samples":  # GRPO: the latest completions and their rewards
+        shown = [f"{json.dumps(it.get('completion', '')[:60], ensure_ascii=False)} -> "
+                 + ", ".join(f"{k} {v}" for k, v in (it.get("rewards") or {}).items()) for it in (e.get("items") or [])[:2]]
+        return f"step {e.get('step')} samples: " + "; ".join(shown)
     if kind == "error":
         return f"error: {e.get('message')}"
     rest = {k: v for k, v in e.items() if k not in ("event", "t", "traceback")}

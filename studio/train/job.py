@@ -53,6 +53,8 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
     from transformers import TrainerCallback
 
     class EventCallback(TrainerCallback):
+        samples = None  # () -> a few of the latest generations with their rewards (GRPO), written after each log
+
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.time()
             self.step0 = state.global_step
@@ -86,6 +88,10 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
                          tokens_per_second=round(tps, 1), tokens_seen=tokens, elapsed_s=round(elapsed, 2),
                          eta_s=round(eta, 1) if eta is not None else None,
                          **_metrics(logs, skip=("loss", "learning_rate", "grad_norm", "epoch")))
+            if self.samples is not None and state.is_world_process_zero:
+                items = self.samples()
+                if items:
+                    writer.write("samples", step=state.global_step, items=items)
 
         def on_save(self, args, state, control, **kw):
             from studio.run.filemodes import usual_modes
@@ -221,6 +227,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     else:
         trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                                   callbacks=[callback, *methods.callbacks(spec), *callbacks, *stopper], optimizers=methods.optimizers(spec, model, args))
+    callback.samples = stages.samples_of(trainer)
     if the_plan.group_by_length and not staged:
         from studio.data.grouping import use_global_groups
 

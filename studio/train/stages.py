@@ -206,6 +206,32 @@ def trainer(spec, model, tokenizer, template, run_dir: Path, train_ds, eval_ds, 
     return GRPOTrainer(reward_funcs=rewards.load(m.grpo), **common)
 
 
+def samples_of(trainer, n: int = 4):
+    """For GRPO: a function giving the `n` latest completions with their prompt, reward per function and advantage
+    (read from the trainer's own record of its last generation batch); None for the other trainers."""
+    logs = getattr(trainer, "_logs", None)
+    if not isinstance(logs, dict) or "completion" not in logs:
+        return None
+
+    def text(messages) -> str:
+        return str(messages[-1].get("content", "")) if isinstance(messages, list) and messages else str(messages)
+
+    def num(v):
+        return round(float(v), 4) if isinstance(v, (int, float)) and v == v else None
+
+    def latest() -> list[dict]:
+        k = len(logs["completion"])
+        out = []
+        for i in range(max(0, k - n), k):
+            rewards = {name: num(vals[i]) for name, vals in logs["rewards"].items() if i < len(vals)}
+            adv = logs["advantages"][i] if i < len(logs["advantages"]) else None
+            out.append({"prompt": text(logs["prompt"][i])[-300:], "completion": text(logs["completion"][i])[:500],
+                        "rewards": rewards, "advantage": num(adv)})
+        return out
+
+    return latest
+
+
 def preflight(spec) -> None:
     """Parent side, before the child starts: the user's reward files exist and define their functions."""
     if spec.method.stage != "grpo":

@@ -33,6 +33,23 @@ def curves(events: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": "int64", "value": "float64", "series": "str"})
 
 
+def samples_html(events: list[dict]) -> str:
+    """The latest GRPO completions with their reward per function (the newest `samples` event); "" for other stages."""
+    import html
+
+    last = next((e for e in reversed(events) if e["event"] == "samples"), None)
+    if not last or not last.get("items"):
+        return ""
+    names = list(last["items"][0].get("rewards") or {})
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["prompt", "completion", *names, "advantage"])
+    rows = "".join(
+        "<tr>" + f"<td>{html.escape(it.get('prompt', ''))}</td><td><code>{html.escape(it.get('completion', ''))}</code></td>"
+        + "".join(f"<td>{(it.get('rewards') or {}).get(n)}</td>" for n in names) + f"<td>{it.get('advantage')}</td></tr>"
+        for it in last["items"])
+    return (f"<div class='st-samples' data-step='{last.get('step')}'><b>Completions at step {last.get('step')}</b>"
+            f"<table><tr>{head}</tr>{rows}</table></div>")
+
+
 def build(fields: dict, rows, stage: str) -> list:
     """Accordions with each stage's fields (added to `fields`); `rows(names, special)` lays out widgets."""
     import gradio as gr

@@ -162,6 +162,7 @@ def build(ctx) -> None:
         lr_plot = gr.LinePlot(x="step", y="learning_rate", title="learning rate", height=280, elem_id="lr-plot", scale=1)
         stage_plot = gr.LinePlot(x="step", y="value", color="series", title="rewards and margins", height=280,
                                  elem_id="stage-plot", x_title="step", y_title="value", scale=2)
+    samples = gr.HTML("", elem_id="grpo-samples")  # GRPO: the latest completions and their rewards
     with gr.Accordion("output.log", open=False) as log_group:
         log_box = gr.Textbox(lines=14, max_lines=14, autoscroll=True, show_label=False, elem_id="log")
     table = runs_view.build(ctx, state, timer)
@@ -258,7 +259,7 @@ def build(ctx) -> None:
             if size != st.get("log_size"):
                 st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
         if not changed:
-            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), keep, gr.skip()
+            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), keep, gr.skip(), gr.skip()
         evs, run = st["events"], st["run"]
         finished = status in ("done", "error", "aborted", "crashed")
         # the curves are redrawn at most every PLOT_EVERY seconds while a run trains (drawing them costs the browser
@@ -267,14 +268,16 @@ def build(ctx) -> None:
         redraw = finished or (new_points and time.time() - st.get("plotted", 0) >= PLOT_EVERY)
         if redraw:
             st = {**st, "drawn": len(evs), "plotted": time.time()}
-            plots = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)), monitor.plot(stage_fields.curves(evs)))
+            plots = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)), monitor.plot(stage_fields.curves(evs)),
+                     stage_fields.samples_html(evs))
         else:
-            plots = (gr.skip(), gr.skip(), gr.skip())
+            plots = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
         return (st, monitor.progress_html(evs, status, run), *plots[:2],
                 monitor.final_message(evs, status, run) if finished else "", log,
-                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), keep, plots[2])
+                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), keep, *plots[2:])
 
-    timer.tick(on_tick, [state, log_open], [state, progress, loss_plot, lr_plot, final, log_box, table, timer, stage_plot], show_progress="hidden")
+    timer.tick(on_tick, [state, log_open], [state, progress, loss_plot, lr_plot, final, log_box, table, timer, stage_plot, samples],
+               show_progress="hidden")
 
     def on_log_open(st):
         return True, {**st, "log_size": -1}  # the next tick sends the log
