@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny random Llama model (built here, offline) and a scratch copy of the demo data."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "llamafactory"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2` on 2 cores: one thread per process, none waits for a core
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -71,15 +75,46 @@ def shared_dir(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def _identity_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"), f"output_dir={out}",
+            f"data.dataset_dir={ROOT / 'data'}", *IDENTITY_OVERRIDES]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts the workers
+def pytest_sessionstart(session):
+    """Under `pytest -n N` the first process starts the shared identity run at once, in the background (one thread),
+    so that it is ready, or nearly, when the first test that needs it comes; the workers wait for it, not train it."""
+    cfg = session.config
+    if (os.environ.get("PYTEST_XDIST_WORKER") or not getattr(cfg.option, "numprocesses", None)
+            or os.environ.get("STUDIO_IDENTITY_RUN") or "not slow" in (cfg.option.markexpr or "")):
+        return
+    import subprocess
+
+    base = cfg._tmp_path_factory.getbasetemp()
+    out = base / "identity" / "identity_lora"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.identity_proc = subprocess.Popen(_identity_cmd(out), cwd=ROOT, stdout=open(base / "identity.log", "wb"),
+                                         stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    (base / "identity.pid").write_text(str(cfg.identity_proc.pid))
+
+
+def pytest_sessionfinish(session):
+    proc = getattr(session.config, "identity_proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 @pytest.fixture(scope="session")
 def identity_run(tmp_path_factory) -> Path:
     """A finished `studio train examples/identity_lora.yaml` run on the default model, trained once per test session
-    (the first worker that needs it trains it; the others wait under a file lock and read it).
+    (started in the background by pytest_sessionstart under `pytest -n`; otherwise by the first test that needs it).
 
     Set STUDIO_IDENTITY_RUN to an existing finished run folder to reuse it while developing.
     """
     import subprocess
 
+    import psutil
     from filelock import FileLock
 
     reuse = os.environ.get("STUDIO_IDENTITY_RUN")
@@ -88,9 +123,15 @@ def identity_run(tmp_path_factory) -> Path:
     shared = shared_dir(tmp_path_factory)
     out = shared / "identity" / "identity_lora"
     with FileLock(str(shared / "identity.lock")):
-        if not (out / "adapter" / "adapter_config.json").exists():
-            cmd = [sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"),
-                   f"output_dir={out}", f"data.dataset_dir={ROOT / 'data'}", *IDENTITY_OVERRIDES]
-            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        pid = shared / "identity.pid"
+        if pid.exists():  # started in the background: wait for it to end
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p = psutil.Process(int(pid.read_text()))
+                while p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    time.sleep(1)
+            log = (shared / "identity.log").read_text(errors="replace")
+            assert (out / "adapter" / "adapter_config.json").exists(), log[-3000:]
+        elif not (out / "adapter" / "adapter_config.json").exists():
+            res = subprocess.run(_identity_cmd(out), cwd=ROOT, capture_output=True, text=True, timeout=900)
             assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out

@@ -23,7 +23,7 @@ GARBAGE = ["", "-1", "-999999999", "1e308", "99999999999999999999", "NaN", "nan"
            "../outside.yaml", "<b>bold</b><script>alert(1)</script>", "**md** `x` [a](javascript:alert(1))", "x" * 5000, "💥", "a,b,,c",
            "{'a': 1}", "None", "true"]
 SEEDS = [1, 2, 3]  # each found nothing new at the time of writing; a seed that finds a bug is kept here with its fix
-ACTIONS = 40
+ACTIONS = 25
 
 
 @pytest.fixture
