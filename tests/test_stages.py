@@ -70,6 +70,24 @@ def test_dpo_through_the_cli_logs_margins_and_the_adapter_reloads_in_peft(tiny_m
     rows = preference.read(ROOT / "data", ["identity_pairs_eval"], "dpo", max_samples=2)
     scores = score_pairs(model, tok, rows)
     assert scores["pairs"] == 2 and 0 <= scores["margin_positive"] <= 1
+    # `studio eval` on held-out pairs: the share of pairs the run prefers the chosen answer of, next to its base
+    out = tmp_path / "pairs"
+    r = subprocess.run([sys.executable, "-m", "studio", "eval", f"output_dir={out}", f"model.name_or_path={tiny_model}",
+                        f"model.adapter={tmp_path / 'run'}", f"data.dataset_dir={ROOT / 'data'}", "data.eval_dataset=[identity_pairs_eval]"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads((out / "metrics.json").read_text())
+    (row,) = result["models"]
+    assert result["pairs"] and row["name"] == "run" and row["pairs"] == len(json.loads((ROOT / "data" / "identity_pairs_eval.json").read_text()))
+    assert all(0 <= row[k] <= 1 for k in ("base_prefers_chosen", "trained_prefers_chosen", "margin_positive")), row
+    from studio.ui.evaluate_tab import metrics_frame
+
+    assert list(metrics_frame(result).columns) == ["model", "pairs", "base_prefers_chosen", "trained_prefers_chosen", "margin_positive", "mean_margin"]
+    # pairs score preference runs only: the base model alone is refused before start, naming the field
+    r = subprocess.run([sys.executable, "-m", "studio", "eval", f"output_dir={tmp_path / 'base_pairs'}", f"model.name_or_path={tiny_model}",
+                        f"data.dataset_dir={ROOT / 'data'}", "data.eval_dataset=[identity_pairs_eval]"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode != 0 and "data.eval_dataset holds preference pairs" in r.stdout + r.stderr and "Traceback" not in r.stderr
     # chat and export take the run folder as they take an SFT run's
     from studio.chat.session import ChatSession, GenParams
 

@@ -218,11 +218,36 @@ def record_history(entry: Entry, result: dict, run_dir: Path, datasets: list[str
         f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
+def run_pairs(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
+    """Preference pairs: for each dpo/kto run the share of pairs it prefers the chosen answer of, next to its base
+    (and the implicit reward margin); for a reward model, its accuracy."""
+    from studio.evaluate import prefscore
+
+    entries = prefscore.pair_runs(spec, plan(spec))
+    writer.write("start", task="eval", total_steps=len(entries), num_examples=None, models=[e.name for e in entries],
+                 datasets=eval_datasets(spec))
+    results = []
+    for k, entry in enumerate(entries):
+        scores = prefscore.score_run(entry.run, eval_datasets(spec), spec.data.dataset_dir)
+        results.append({"name": entry.name, "adapter": str(entry.adapter), "model": entry.model, "predictions": None,
+                        **{key: round(v, 4) if isinstance(v, float) else v for key, v in scores.items()}})
+        writer.write("progress", done=k + 1, total=len(entries), unit="models", model=entry.name)
+    (run_dir / METRICS).write_text(json.dumps({"models": results, "datasets": eval_datasets(spec), "pairs": True}, indent=2))
+    for r in results:
+        writer.write("message", text=f"{r['name']}: " + ", ".join(f"{key} {r[key]}" for key in prefscore.KEYS if key in r))
+    return {"step": len(entries), "metrics": {r["name"]: {key: r[key] for key in prefscore.KEYS if key in r} for r in results},
+            "path": str(run_dir / METRICS)}
+
+
 def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     import torch
 
+    from studio.evaluate import prefscore
+
     if spec.train.num_threads:
         torch.set_num_threads(spec.train.num_threads)
+    if prefscore.is_pair_eval(spec):
+        return run_pairs(spec, run_dir, writer)
     entries = plan(spec)
     samples = read_samples(spec)
     total = len(samples) * len(entries)

@@ -70,8 +70,9 @@ def score_rm(model, tokenizer, rows: list[dict]) -> dict:
     return {"pairs": len(rows), "accuracy": wins / max(len(rows), 1)}
 
 
-def score_run(run_dir: str | Path, names: list[str] | None = None) -> dict:
-    """Load a dpo/kto/rm run's adapter on its base and score the held-out pairs."""
+def score_run(run_dir: str | Path, names: list[str] | None = None, dataset_dir: str | None = None) -> dict:
+    """Load a dpo/kto/rm run's adapter on its base and score the held-out pairs (the run's own data folder and
+    eval datasets unless given)."""
     import peft
 
     from studio.model import models
@@ -81,7 +82,7 @@ def score_run(run_dir: str | Path, names: list[str] | None = None) -> dict:
     run_dir = Path(run_dir)
     spec = specmod.load(run_dir / "spec.yaml")
     names = names or list(spec.data.eval_dataset)
-    rows = preference.read(spec.data.dataset_dir, names, "dpo")
+    rows = preference.read(dataset_dir or spec.data.dataset_dir, names, "dpo")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))  # saved with the template it trained with
@@ -95,6 +96,33 @@ def score_run(run_dir: str | Path, names: list[str] | None = None) -> dict:
     base = models.load_model(spec.model, "fp32")
     model = peft.PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
     return score_pairs(model, tok, rows)
+
+
+STAGES = ("dpo", "kto", "rm")
+KEYS = ("pairs", "base_prefers_chosen", "trained_prefers_chosen", "margin_positive", "mean_margin", "accuracy")
+
+
+def is_pair_eval(spec) -> bool:
+    """An evaluation whose datasets are all preference pairs: scored by which answer each model prefers."""
+    from studio.data import registry
+    from studio.evaluate.predictions import eval_datasets
+
+    info = registry.read_info(spec.data.dataset_dir)
+    names = eval_datasets(spec)
+    return bool(names) and all(registry.entry(spec.data.dataset_dir, n, info).kind == "ranking" for n in names)
+
+
+def pair_runs(spec, entries) -> list:
+    """The compared models that pairs can score (runs of a preference stage); refuses an evaluation with none."""
+    from studio.run.status import read_spec
+
+    found = [e for e in entries if e.run is not None and (rs := read_spec(e.run)) and rs.method.stage in STAGES]
+    if not found:
+        from studio.spec import SpecError
+
+        raise SpecError("data.eval_dataset holds preference pairs: they score runs of stage dpo, kto or rm (each against "
+                        "its base). Choose such a run as model.adapter or in eval.compare, or evaluate on an SFT dataset.")
+    return found
 
 
 if __name__ == "__main__":

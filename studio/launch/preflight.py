@@ -129,9 +129,13 @@ def _train_stage(spec, runs_root) -> None:
 
 
 def _eval(spec, runs_root) -> None:
+    from studio.evaluate import prefscore
     from studio.evaluate.job import plan
     from studio.evaluate.predictions import read_samples
 
+    if prefscore.is_pair_eval(spec):
+        prefscore.pair_runs(spec, plan(spec))
+        return
     read_samples(spec)
     plan(spec)
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from studio.run import events as ev
 from studio.evaluate import metrics
+from studio.evaluate.prefscore import KEYS as PAIR_KEYS
 from studio.evaluate import predictions
 from studio.run import status as runs
 from studio import spec as specmod
@@ -104,6 +105,8 @@ def progress_html(events: list[dict], status: str, run: str | None) -> str:
 def metrics_frame(result: dict | None) -> pd.DataFrame:
     """One row per model: BLEU/ROUGE, eval loss, perplexity, speed."""
     cols = ["model", *SCORES, "eval_loss", "perplexity", "samples", "samples_per_second", "generated_tokens_per_second"]
+    if (result or {}).get("pairs"):  # preference pairs: which answer each run prefers, next to its base
+        cols = ["model", *(k for k in PAIR_KEYS if any(k in m for m in result["models"]))]
     rows = [[m.get("name") if c == "model" else m.get(c) for c in cols] for m in (result or {}).get("models", [])]
     return pd.DataFrame(rows, columns=cols)
 
@@ -111,7 +114,7 @@ def metrics_frame(result: dict | None) -> pd.DataFrame:
 def read_predictions(run_dir: str | Path, model: str | None) -> list[dict]:
     result = predictions.load_results(run_dir) or {}
     entry = next((m for m in result.get("models", []) if m.get("name") == model), None) or (result.get("models") or [None])[0]
-    if not entry:
+    if not entry or not entry.get("predictions"):
         return []
     path = Path(run_dir) / entry["predictions"]
     try:
