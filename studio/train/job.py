@@ -304,8 +304,19 @@ def save(spec, trainer, run_dir: Path, template) -> dict:
     return {"path": str(target)}
 
 
+def leave_process_group() -> None:
+    """Every rank waits for the others, then leaves: a rank that exits while a peer (on another node) still talks
+    to it gets its gloo threads cut off and aborts, failing the job at its very end."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def body(spec, run_dir: Path, writer: ev.EventWriter):
     metrics = run(spec, run_dir, writer)
+    leave_process_group()
     if metrics.pop("aborted", False):
         return "aborted", {"checkpoint": str(run_dir / f"checkpoint-{metrics['step']}"), **metrics}
     return "done", metrics
