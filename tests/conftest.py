@@ -82,8 +82,9 @@ def _identity_cmd(out: Path) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts the workers
 def pytest_sessionstart(session):
-    """Under `pytest -n N` the first process starts the shared identity run at once, in the background (one thread),
-    so that it is ready, or nearly, when the first test that needs it comes; the workers wait for it, not train it."""
+    """Under `pytest -n N` the first process starts the shared identity run at once, in the background at a low
+    priority (it takes the cores the workers leave), so that it is ready, or nearly, when the first test that needs
+    it comes; the workers wait for it, not train it."""
     cfg = session.config
     if (os.environ.get("PYTEST_XDIST_WORKER") or not getattr(cfg.option, "numprocesses", None)
             or os.environ.get("STUDIO_IDENTITY_RUN") or "not slow" in (cfg.option.markexpr or "")):
@@ -93,8 +94,9 @@ def pytest_sessionstart(session):
     base = cfg._tmp_path_factory.getbasetemp()
     out = base / "identity" / "identity_lora"
     out.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # every core, but only what the tests leave
     cfg.identity_proc = subprocess.Popen(_identity_cmd(out), cwd=ROOT, stdout=open(base / "identity.log", "wb"),
-                                         stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                         stderr=subprocess.STDOUT, env=env, preexec_fn=lambda: os.nice(15))
     (base / "identity.pid").write_text(str(cfg.identity_proc.pid))
 
 
