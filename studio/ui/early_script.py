@@ -3,8 +3,8 @@
 gradio 6.31's status tracker counts a pending event's elapsed seconds in a requestAnimationFrame loop that
 stops only when the event's status changes; a tracker that goes away while pending keeps its loop for as long
 as the tab is open, even on an empty gr.Blocks: ~5% of a core in headless chromium with nothing on the page.
-The script asks for the status tracker's frames 4 times a second instead (the elapsed-time text it draws still
-moves every 0.25 s); every other caller gets real animation frames. gradio's `head=` runs too late for this:
+The script asks for the status tracker's frames once a second instead (the elapsed-time text it draws still
+moves every second); every other caller gets real animation frames. gradio's `head=` runs too late for this:
 the tracker module has taken its reference to requestAnimationFrame by then. bench/idle.py measures the idle page.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ SCRIPT = b"""<script>
   const slowed = new Set();
   window.requestAnimationFrame = (cb) => {
     if (!(new Error().stack || "").includes("statustracker")) return raf(cb);
-    const id = setTimeout(() => { slowed.delete(id); cb(performance.now()); }, 250);
+    const id = setTimeout(() => { slowed.delete(id); cb(performance.now()); }, 1000);
     slowed.add(id);
     return id;
   };

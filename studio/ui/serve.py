@@ -67,11 +67,11 @@ def install_stop_handler() -> None:
 
 def quiet_queue(demo) -> None:
     """gradio 6's queue polls for work every 1 ms (10 ms for progress) on Linux: about 4% of a core on an idle server.
-    Its Windows intervals (here 20 ms and 100 ms) cost an event at most 20 ms before it starts."""
+    Polling every 50 ms and 200 ms costs an event at most 50 ms before it starts (docs/benchmarks.md: the idle page)."""
     queue = getattr(demo, "_queue", None)
     if queue is not None and hasattr(queue, "sleep_when_free"):
-        queue.sleep_when_free = max(queue.sleep_when_free, 0.02)
-        queue.progress_update_sleep_when_free = max(getattr(queue, "progress_update_sleep_when_free", 0.1), 0.1)
+        queue.sleep_when_free = max(queue.sleep_when_free, 0.05)
+        queue.progress_update_sleep_when_free = max(getattr(queue, "progress_update_sleep_when_free", 0.2), 0.2)
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, allow_open: bool = False) -> None:
