@@ -171,7 +171,7 @@ def steps(args) -> dict:
             page.wait_for_function("() => ['done', 'error', 'crashed'].includes(document.querySelector('#progress [data-status]')?.dataset.status)",
                                    timeout=1_800_000)
             browser.close()
-        page_run = next(p for p in (server.work / "runs").iterdir() if p.name != "cli")
+        page_run = next(p for p in (server.work / "runs").iterdir() if p.is_dir() and p.name != "cli")
         out["page"] = step_time(page_run)
         out["cli_after"] = cli("cli_after")  # the page's run is bracketed by two CLI runs: the machine's load moves
         if out["cli"]["step_s"] and out["page"]["step_s"] and out["cli_after"]["step_s"]:
