@@ -6,6 +6,7 @@ Every event has `event` (its kind) and `t` (unix time, seconds). The kinds:
     log         step, epoch, loss, learning_rate, grad_norm, tokens_per_second, elapsed_s, eta_s
     eval        step, eval_loss
     checkpoint  step, path
+    samples     step, items: [{prompt, completion, rewards: {function: value}, advantage}]   -- GRPO, after each log
     progress    done, total, rate, eta_s, (unit)          -- eval / export jobs
     message     text                                     -- a note for the user (warnings, phases)
     stats       requests, tokens, tokens_per_second, cancelled, failed, busy   -- serve jobs, every serve.stats_every s
