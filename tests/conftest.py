@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny random Llama model (built here, offline) and a scratch copy of the demo data."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -123,8 +122,9 @@ def identity_run(tmp_path_factory) -> Path:
     """
     import subprocess
 
-    import psutil
     from filelock import FileLock
+
+    from studio.run.status import pid_alive
 
     reuse = os.environ.get("STUDIO_IDENTITY_RUN")
     if reuse and (Path(reuse) / "adapter" / "adapter_config.json").exists():
@@ -134,10 +134,8 @@ def identity_run(tmp_path_factory) -> Path:
     with FileLock(str(shared / "identity.lock")):
         pid = shared / "identity.pid"
         if pid.exists():  # started in the background: wait for it to end
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p = psutil.Process(int(pid.read_text()))
-                while p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    time.sleep(1)
+            while pid_alive(int(pid.read_text())):
+                time.sleep(1)
             log = (shared / "identity.log").read_text(errors="replace")
             assert (out / "adapter" / "adapter_config.json").exists(), log[-3000:]
         elif not (out / "adapter" / "adapter_config.json").exists():

@@ -66,14 +66,24 @@ def server(tmp_path):
         process.stop(r.path, grace=5)
 
 
-@pytest.fixture
-def page(request):
+@contextlib.contextmanager
+def open_page(timeout_ms: int = 60_000):
+    """A page in Debian's headless chromium, closed on leaving."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(timeout_ms)
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(request):
+    with open_page() as pg:
         failed_before = request.session.testsfailed
         try:
             yield pg
@@ -81,7 +91,12 @@ def page(request):
             if request.session.testsfailed > failed_before:  # the call phase failed: keep what the page showed
                 ARTIFACTS.mkdir(exist_ok=True)
                 pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-            browser.close()
+
+
+def pick(pg, elem_id: str, option: str) -> None:
+    """Choose one option of a single-choice dropdown."""
+    pg.locator(f"#{elem_id} input").first.click()
+    pg.locator(f"[role=option][aria-label='{option}']").first.click()
 
 
 def set_number(pg, elem_id: str, value) -> None:
@@ -128,16 +143,21 @@ def set_text(pg, elem_id: str, value: str) -> None:
     pg.keyboard.press("Escape")
 
 
-def test_train_watch_list_and_abort(server, page, tiny_model):
-    pg, workdir = page, server["workdir"]
-    pg.goto(server["url"])
-    pg.wait_for_selector("#start")
+def start_tiny_run(pg, tiny_model: Path, dataset: str) -> None:
+    """Train tab: 3 steps of batch 2 on `dataset` with the tiny model, then Start."""
     set_text(pg, "f-model-name_or_path", str(tiny_model))  # the free-text model box: any local folder
-    choose(pg, "f-data-dataset", "identity")
+    choose(pg, "f-data-dataset", dataset)
     set_number(pg, "f-train-max_steps", 3)
     set_number(pg, "f-train-per_device_train_batch_size", 2)
     set_number(pg, "f-train-gradient_accumulation_steps", 1)
     pg.click("#start")
+
+
+def test_train_watch_list_and_abort(server, page, tiny_model):
+    pg, workdir = page, server["workdir"]
+    pg.goto(server["url"])
+    pg.wait_for_selector("#start")
+    start_tiny_run(pg, tiny_model, "identity")
     run = followed_run(workdir, set())
     wait_status(pg, ("running", "done"), 60)
     # the loss plot gets points, the progress bar reaches the end

@@ -10,14 +10,9 @@ import json
 import pytest
 
 from test_generate import POOL, Teacher
-from test_ui_browser import CHROMIUM, page, server, set_number, set_text  # noqa: F401  (fixtures)
+from test_ui_browser import CHROMIUM, page, pick, server, set_number, set_text  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
-
-
-def pick(pg, elem_id: str, option: str) -> None:
-    pg.locator(f"#{elem_id} input").first.click()
-    pg.locator(f"[role=option][aria-label='{option}']").first.click()
 
 
 def test_generate_watch_and_see_kept_and_dropped(server, page):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_ui_browser import ARGS, CHROMIUM, ROOT, start_server, wait_served
+from test_ui_browser import CHROMIUM, ROOT, open_page, start_server, wait_served
 from studio.launch.command import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")]
@@ -63,12 +63,7 @@ def test_a_broken_registry_is_named_above_the_dataset_list(served):
     info.write_text(info.read_text().replace('"identity.json"\n', '"identity.json",\n', 1))
     proc, url = _serve(served)
     try:
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-            pg.set_default_timeout(60_000)
+        with open_page() as pg:
             pg.goto(url)
             pg.wait_for_selector("#start")
             pg.wait_for_function("() => document.querySelector('#registry-note')?.innerText.includes('line 4')")
@@ -86,7 +81,6 @@ def test_a_broken_registry_is_named_above_the_dataset_list(served):
             pg.wait_for_function("() => !document.querySelector('#registry-note')?.innerText.includes('line 4')")
             pg.locator("#f-data-dataset input").first.click()
             pg.wait_for_selector("[role=option][aria-label='identity']")
-            browser.close()
     finally:
         log = _stop(proc, served)
     assert not _tracebacks(log), _tracebacks(log)[0]
@@ -157,12 +151,7 @@ def test_monkey(served, seed):
     proc, url = _serve(served)
     done: list[str] = []
     try:
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-            pg.set_default_timeout(20_000)
+        with open_page(20_000) as pg:
             pg.goto(url)
             pg.wait_for_selector("#start")
             t0 = time.time()
@@ -174,7 +163,6 @@ def test_monkey(served, seed):
                 time.sleep(1)
             assert time.time() - t0 < 120
             time.sleep(2)  # the last events finish
-            browser.close()
         assert proc.poll() is None, "the server died"
         urllib.request.urlopen(url, timeout=10)  # the page still serves
     finally:

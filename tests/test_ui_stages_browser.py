@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from test_ui_browser import (CHROMIUM, choose, followed_run, page, progress, server, set_number, set_text,  # noqa: F401
-                             wait_status)
+from test_ui_browser import CHROMIUM, followed_run, page, pick, progress, server, start_tiny_run, wait_status  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 
@@ -18,11 +17,6 @@ def options(pg, elem_id: str) -> list[str]:
     names = pg.evaluate("() => [...document.querySelectorAll('[role=option]')].map(o => o.getAttribute('aria-label'))")
     pg.keyboard.press("Escape")
     return names
-
-
-def pick(pg, elem_id: str, option: str) -> None:
-    pg.locator(f"#{elem_id} input").first.click()
-    pg.locator(f"[role=option][aria-label='{option}']").first.click()
 
 
 def visible(pg, title: str) -> bool:
@@ -41,12 +35,7 @@ def test_dpo_on_the_page_shows_its_fields_fitting_data_and_margins(server, page,
     offered = options(pg, "f-data-dataset")
     assert offered == ["identity_pairs", "identity_pairs_eval"], offered  # the SFT entries are not offered
 
-    set_text(pg, "f-model-name_or_path", str(tiny_model))
-    choose(pg, "f-data-dataset", "identity_pairs")
-    set_number(pg, "f-train-max_steps", 3)
-    set_number(pg, "f-train-per_device_train_batch_size", 2)
-    set_number(pg, "f-train-gradient_accumulation_steps", 1)
-    pg.click("#start")
+    start_tiny_run(pg, tiny_model, "identity_pairs")
     run = followed_run(workdir, set())
     wait_status(pg, ("done", "error", "crashed"), 600)
     assert progress(pg)["status"] == "done", pg.inner_text("#final")

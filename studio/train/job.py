@@ -88,7 +88,7 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
                          tokens_per_second=round(tps, 1), tokens_seen=tokens, elapsed_s=round(elapsed, 2),
                          eta_s=round(eta, 1) if eta is not None else None,
                          **_metrics(logs, skip=("loss", "learning_rate", "grad_norm", "epoch")))
-            if self.samples is not None and state.is_world_process_zero:
+            if self.samples is not None:  # the writer writes on rank 0 only
                 items = self.samples()
                 if items:
                     writer.write("samples", step=state.global_step, items=items)
