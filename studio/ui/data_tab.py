@@ -119,10 +119,11 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, f"Error: {e}", gr.skip()
-        return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", ""
+            return st, f"Error: {e}", gr.skip(), gr.skip()
+        return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", "", gr.Timer(active=True)
 
-    start_btn.click(on_start, [source, state] + comps + [ctx.top[n] for n in top_names], [state, message, result])
+    timer = gr.Timer(1.0, active=False)  # ticks only while the followed generation runs, as the other tabs' monitors
+    start_btn.click(on_start, [source, state] + comps + [ctx.top[n] for n in top_names], [state, message, result, timer])
 
     def on_abort(st):
         if not st.get("run") or not runs.is_running(st["run"]):
@@ -135,11 +136,12 @@ def build(ctx) -> None:
     def on_tick(st):
         jobs.reap()
         st, changed, status = monitor.tick(st)
+        keep = gr.skip() if status in ("running", "queued") else gr.Timer(active=False)
         if not changed:
-            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), keep
         finished = status in ("done", "error", "aborted", "crashed")
         k, d = tables(st["run"])
         return (st, progress_html(st["events"], status, st["run"]),
-                result_markdown(st["events"], status, st["run"]) if finished else "", k, d)
+                result_markdown(st["events"], status, st["run"]) if finished else "", k, d, keep)
 
-    gr.Timer(1.0).tick(on_tick, state, [state, progress, result, kept, dropped], show_progress="hidden")
+    timer.tick(on_tick, state, [state, progress, result, kept, dropped, timer], show_progress="hidden")
