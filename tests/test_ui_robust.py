@@ -70,8 +70,8 @@ from studio.ui import serve
 serve.install_stop_handler()
 helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
 job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
-print(helper.pid, job.pid, flush=True)
 try:
+    print(helper.pid, job.pid, flush=True)  # inside the try: the signal may land before print returns
     while True:
         time.sleep(0.1)
 except KeyboardInterrupt:
