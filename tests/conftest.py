@@ -99,13 +99,6 @@ def pytest_sessionstart(session):
     (base / "identity.pid").write_text(str(cfg.identity_proc.pid))
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """The files with a test on the shared identity run go last, so that under `pytest -n` (a file per worker, in
-    this order) the workers meet it when its background training is done, or nearly."""
-    late = {item.path for item in items if "identity_run" in getattr(item, "fixturenames", ())}
-    items.sort(key=lambda item: item.path in late)  # stable: the order within each file stays
-
-
 def pytest_sessionfinish(session):
     proc = getattr(session.config, "identity_proc", None)
     if proc is not None and proc.poll() is None:

@@ -134,6 +134,37 @@ def test_detect_and_estimate_keep_torch_out_of_the_calling_process():
     assert out["gpus"] == int(probe.stdout.strip())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the device files are Linux's")
+def test_without_gpu_device_files_detect_starts_no_child(monkeypatch):
+    monkeypatch.setattr(devices, "_GPU_DEVICE_FILES", ("/nonexistent/nvidia0",))
+    monkeypatch.setattr(devices.shutil, "which", lambda exe: None)
+    monkeypatch.setattr(devices.subprocess, "run", lambda *a, **k: pytest.fail("a child was started"))
+    devices.detect.cache_clear()
+    try:
+        assert devices.detect() == ()
+    finally:
+        devices.detect.cache_clear()
+
+
+def test_a_job_that_quantizes_nothing_runs_without_bitsandbytes_and_deepspeed(tiny_model, tmp_path):
+    from studio.run import job
+
+    plain = specmod.load(None, [f"model.name_or_path={tiny_model}"])
+    assert not job.needs_bitsandbytes(specmod.load(None, ["model.name_or_path=default"])) and not job.needs_bitsandbytes(plain)
+    for over in ("model.quantization_bit=4", "train.optim=paged_adamw_8bit", "model.name_or_path=someone/a-hub-model"):
+        assert job.needs_bitsandbytes(specmod.load(None, [f"model.name_or_path={tiny_model}", over])), over
+    quantized = tmp_path / "bnb-model"
+    quantized.mkdir()
+    (quantized / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "bitsandbytes"}}))
+    assert job.needs_bitsandbytes(specmod.load(None, [f"model.name_or_path={quantized}"]))
+    # what a job's child sees: peft (which imports bitsandbytes when it is installed) loads, and neither is there
+    code = (f"import sys; from studio import spec; from studio.run import job; job.leave_out_unused_packages(spec.load(None, "
+            f"['model.name_or_path={tiny_model}'])); import peft, transformers.trainer; from transformers.utils import "
+            "is_bitsandbytes_available; print(sys.modules.get('bitsandbytes'), sys.modules.get('deepspeed'), is_bitsandbytes_available())")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["None", "None", "False"], res.stderr[-2000:]
+
+
 def test_estimate_counts_what_peft_trains(tiny_model):
     import torch
     from peft import LoraConfig, get_peft_model

@@ -2,7 +2,8 @@
 
     python -m studio.launch.devices          prints the GPUs (or that there is none) as the device picker shows them
 
-`detect()` asks `nvidia-smi` first; without it, a short `python -c` child asks torch. GPU numbers are the
+`detect()` asks `nvidia-smi` first; without it, a short `python -c` child asks torch, unless this is a Linux machine
+without the device files through which torch reaches a GPU (then there is none, and no child is started). GPU numbers are the
 ones nvidia-smi shows (PCI bus order): `launch.devices=0,1` sets CUDA_DEVICE_ORDER=PCI_BUS_ID for the child
 so that the numbers mean the same GPUs there.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,7 +69,13 @@ def _from_smi(timeout: float) -> list[GPU] | None:
     return parse_smi(res.stdout) if res.returncode == 0 else None
 
 
+# torch reaches a GPU on Linux only through one of these: NVIDIA's driver, ROCm's, or WSL's GPU bridge
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
 def _from_torch(timeout: float) -> list[GPU]:
+    if sys.platform.startswith("linux") and not any(os.path.exists(f) for f in _GPU_DEVICE_FILES):
+        return []  # importing torch in a child (2 s of CPU) would only say the same
     try:
         res = subprocess.run([sys.executable, "-c", _TORCH_PROBE], capture_output=True, text=True, timeout=timeout)
         return [GPU(**g) for g in json.loads(res.stdout.strip().splitlines()[-1])] if res.returncode == 0 else []
