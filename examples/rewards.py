@@ -9,24 +9,16 @@ import re
 NUMBER = re.compile(r"-?\d+")
 
 
-def number_only(completions, **kwargs):
-    """1.0 for a reply that is just a number, 0.5 for one that starts with a number, else 0."""
-    scores = []
-    for completion in completions:
-        text = completion[0]["content"].strip()
-        if re.fullmatch(r"-?\d+\.?", text):
-            scores.append(1.0)
-        elif re.match(r"-?\d", text):
-            scores.append(0.5)
-        else:
-            scores.append(0.0)
-    return scores
-
-
-def first_number_correct(completions, reference, **kwargs):
-    """1.0 when the first number in the reply is the reference result."""
+def last_number_correct(completions, reference, **kwargs):
+    """1.0 when the last number in the reply is the reference result ("3 + 4 = 7" and "7" both count)."""
     scores = []
     for completion, ref in zip(completions, reference):
-        found = NUMBER.search(completion[0]["content"])
-        scores.append(1.0 if found and found.group(0) == str(ref).strip() else 0.0)
+        found = NUMBER.findall(completion[0]["content"])
+        scores.append(1.0 if found and found[-1] == str(ref).strip() else 0.0)
     return scores
+
+
+def number_only(completions, **kwargs):
+    """1.0 for a reply that is a number and nothing else, else 0 (no partial credit: a reply that merely starts with
+    a number, like "3 + 4 equals", would otherwise be a place to stop learning)."""
+    return [1.0 if re.fullmatch(r"-?\d+\.?", completion[0]["content"].strip()) else 0.0 for completion in completions]
