@@ -147,16 +147,17 @@ def test_without_gpu_device_files_detect_starts_no_child(monkeypatch):
 
 
 def test_a_job_that_quantizes_nothing_runs_without_bitsandbytes_and_deepspeed(tiny_model, tmp_path):
+    from studio.model import models
     from studio.run import job
 
     plain = specmod.load(None, [f"model.name_or_path={tiny_model}"])
-    assert not job.needs_bitsandbytes(specmod.load(None, ["model.name_or_path=default"])) and not job.needs_bitsandbytes(plain)
+    assert not models.needs_bitsandbytes(specmod.load(None, ["model.name_or_path=default"])) and not models.needs_bitsandbytes(plain)
     for over in ("model.quantization_bit=4", "train.optim=paged_adamw_8bit", "model.name_or_path=someone/a-hub-model"):
-        assert job.needs_bitsandbytes(specmod.load(None, [f"model.name_or_path={tiny_model}", over])), over
+        assert models.needs_bitsandbytes(specmod.load(None, [f"model.name_or_path={tiny_model}", over])), over
     quantized = tmp_path / "bnb-model"
     quantized.mkdir()
     (quantized / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "bitsandbytes"}}))
-    assert job.needs_bitsandbytes(specmod.load(None, [f"model.name_or_path={quantized}"]))
+    assert models.needs_bitsandbytes(specmod.load(None, [f"model.name_or_path={quantized}"]))
     # what a job's child sees: peft (which imports bitsandbytes when it is installed) loads, and neither is there
     code = (f"import sys; from studio import spec; from studio.run import job; job.leave_out_unused_packages(spec.load(None, "
             f"['model.name_or_path={tiny_model}'])); import peft, transformers.trainer; from transformers.utils import "

@@ -268,8 +268,9 @@ def preflight(spec: JobSpec) -> None:
         extra = " (or: pip install 'studio[tensorboard]')" if package == "tensorboard" else ""
         raise SpecError(f"train.report_to={t.report_to}: the `{package}` package is not installed; "
                         f"pip install {package}{extra}, or set train.report_to=none")
-    needs_bnb = mo.quantization_bit is not None or "8bit" in t.optim
-    if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
+    from studio.model.models import quantizes
+
+    if quantizes(spec) and importlib.util.find_spec("bitsandbytes") is None:
         fields = "model.quantization_bit" if mo.quantization_bit is not None else f"train.optim={t.optim}"
         raise SpecError(f"{fields}: needs the bitsandbytes package; pip install bitsandbytes")
     if t.liger_kernel or mo.attn_implementation not in ("auto", "eager", "sdpa"):

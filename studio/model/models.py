@@ -137,6 +137,27 @@ def quantization_config(spec_model, dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def quantizes(spec) -> bool:
+    """bitsandbytes does part of the work: a 4- or 8-bit load, or an 8-bit optimizer."""
+    return spec.model.quantization_bit is not None or "8bit" in spec.train.optim
+
+
+def needs_bitsandbytes(spec) -> bool:
+    """It quantizes, or a model is not the default or a local folder without a quantization_config (a hub id may
+    name weights stored in bitsandbytes' format)."""
+    names = [spec.model.name_or_path, spec.method.dpo.ref_model, spec.method.kto.ref_model]
+    return quantizes(spec) or not all(_plain_local_model(n) for n in names if n)
+
+
+def _plain_local_model(name: str) -> bool:
+    if name == DEFAULT:
+        return True
+    try:
+        return "quantization_config" not in json.loads((Path(name) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # not a local model folder: it may hold bitsandbytes weights
+
+
 def check_quantization(bit: int | None) -> None:
     """Refuse a quantized load that cannot work here (serve and chat, `--quantization-bit 4|8`)."""
     if bit is None:

@@ -64,28 +64,12 @@ def leave_out_unused_packages(spec) -> None:
     """Run a job that needs neither bitsandbytes nor DeepSpeed as if they were not installed: peft imports
     bitsandbytes whenever it is there, and bitsandbytes compiles kernels as it loads (about 2 s of CPU at the start of
     every job; docs/benchmarks.md, a job's start); transformers reaches for DeepSpeed the same way."""
+    from studio.model.models import needs_bitsandbytes
+
     if not needs_bitsandbytes(spec):
         sys.modules.setdefault("bitsandbytes", None)  # import fails as if absent; find_spec says absent
     if not spec.launch.deepspeed:
         sys.modules.setdefault("deepspeed", None)
-
-
-def needs_bitsandbytes(spec) -> bool:
-    """A quantized load, an 8-bit or paged optimizer, or a model that is not the default or a local folder without
-    a quantization_config (a hub id may name weights stored in bitsandbytes' format)."""
-    if spec.model.quantization_bit is not None or any(k in (spec.train.optim or "") for k in ("8bit", "bnb", "paged")):
-        return True
-    models = [spec.model.name_or_path, spec.method.dpo.ref_model, spec.method.kto.ref_model]
-    return not all(_plain_local_model(m) for m in models if m)
-
-
-def _plain_local_model(name: str) -> bool:
-    if name == "default":
-        return True
-    try:
-        return "quantization_config" not in json.loads((Path(name) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False  # not a local model folder: it may hold bitsandbytes weights
 
 
 def fail(writer: ev.EventWriter, run_dir: Path, e: BaseException) -> int:
