@@ -40,3 +40,16 @@ def config_for(value: str) -> dict:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise SpecError(f"launch.deepspeed: {p} line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def for_this_rank(value: str) -> dict:
+    """The config for a rank about to start DeepSpeed. Ranks on the CPU talk over gloo: DeepSpeed's shared-memory
+    all-reduce for CPU ranks is compiled with the C++ compiler on the first run in each environment (74 CPU-s on
+    2 cores) and its ranks spin while they wait for each other (a 2-rank ZeRO-2 job took 3x the CPU time when other
+    work shared the cores)."""
+    from deepspeed import ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        ops.__compatible_ops__["deepspeed_shm_comm"] = False  # read when DeepSpeed sets up its communication
+    return config_for(value)

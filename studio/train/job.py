@@ -123,9 +123,9 @@ def sft_config(spec, run_dir: Path, has_eval: bool, the_plan=None):
     prompt_style = spec.method.finetuning_type in ("prefix", "prompt", "ptuning", "ptuning_v2")
     kw = {}
     if spec.launch.deepspeed:
-        from studio.launch.deepspeed import config_for
+        from studio.launch.deepspeed import for_this_rank
 
-        kw["deepspeed"] = config_for(spec.launch.deepspeed)
+        kw["deepspeed"] = for_this_rank(spec.launch.deepspeed)
     if p.tf32:
         kw["tf32"] = True
     if p.liger:

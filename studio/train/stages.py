@@ -51,9 +51,9 @@ def _common(spec, run_dir: Path, has_eval: bool) -> dict:
         ddp_find_unused_parameters=False if spec.launch.nproc_per_node > 1 else None,
     )
     if spec.launch.deepspeed:
-        from studio.launch.deepspeed import config_for
+        from studio.launch.deepspeed import for_this_rank
 
-        kw["deepspeed"] = config_for(spec.launch.deepspeed)
+        kw["deepspeed"] = for_this_rank(spec.launch.deepspeed)
     if has_eval:
         kw.update(eval_strategy="steps" if t.eval_steps else "epoch", eval_steps=t.eval_steps,
                   per_device_eval_batch_size=t.per_device_train_batch_size)
