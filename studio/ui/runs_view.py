@@ -102,8 +102,9 @@ def overlay(run_dirs: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else monitor.curves([])
 
 
-def build(ctx, follow_state, timer=None) -> gr.Dataframe:
-    """The runs list; Follow puts a run in `follow_state` and starts `timer` (the monitor's), when given."""
+def build(ctx, follow_state):
+    """The runs list; Follow puts a run in `follow_state`. Returns the list and the Follow event (the monitor chains
+    its watch to it)."""
     runs_root = ctx.runs_root
     gr.Markdown("### Runs")
     with gr.Row():
@@ -186,10 +187,6 @@ def build(ctx, follow_state, timer=None) -> gr.Dataframe:
     pick.change(on_pick, pick, [plot, diff, log, spec_box])
 
     def on_follow(selected):
-        if not selected:
-            return (gr.skip(),) * (2 if timer is not None else 1)
-        followed = monitor.follow(runs_root / selected[0])
-        return (followed, gr.Timer(active=True)) if timer is not None else followed
+        return monitor.follow(runs_root / selected[0]) if selected else gr.skip()
 
-    follow_btn.click(on_follow, pick, [follow_state, timer] if timer is not None else follow_state)
-    return listing
+    return listing, follow_btn.click(on_follow, pick, follow_state)

@@ -50,6 +50,8 @@ DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_l
             "train.warmup_ratio=0.05", "train.save_steps=10"]
 SPEC_DIR = "specs"
 PLOT_EVERY = 5.0  # seconds between redraws of the loss and learning-rate curves of a running job
+WATCH_EVERY = 2.0  # seconds between two reads of a followed run's folder
+HEARTBEAT = 30.0  # a watch that found nothing new sends an empty update this often: a closed tab's watch then ends
 
 
 def default_spec() -> specmod.JobSpec:
@@ -151,9 +153,10 @@ def build(ctx) -> None:
 
     gr.Markdown("### Run monitor")
     state = gr.State(monitor.follow(None))
-    # ticks only while a followed run is running: an idle page sends no request at all
-    timer = gr.Timer(1.0, active=False)
-    log_open = gr.State(False)
+    # a followed run is drawn by one long event (`watch`) that sends the page only what changed, until the run ends:
+    # an idle page sends no request at all, and a run costs the browser one update every WATCH_EVERY s, not one event
+    open_logs: set[str] = set()  # the browser sessions whose output.log section is open
+    watching: dict[str, object] = {}  # a browser session -> its watch (a newer watch ends the one before)
     progress = gr.HTML(monitor.progress_html([], "", None), elem_id="progress")
     final = gr.Markdown(elem_id="final")  # the outcome: metrics, or the error and the end of the log
     with gr.Row():
@@ -165,7 +168,7 @@ def build(ctx) -> None:
     samples = gr.HTML("", elem_id="grpo-samples")  # GRPO: the latest completions and their rewards
     with gr.Accordion("output.log", open=False) as log_group:
         log_box = gr.Textbox(lines=14, max_lines=14, autoscroll=True, show_label=False, elem_id="log")
-    table = runs_view.build(ctx, state, timer)
+    table, followed = runs_view.build(ctx, state)
 
     # --- handlers ---------------------------------------------------------------------------------------
     def on_type(ftype):
@@ -229,16 +232,14 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, _message(str(e), "error"), gr.skip(), gr.skip()
+            return st, _message(str(e), "error"), gr.skip()
         rel = spec.output_dir
-        if jobs.notes.get(str(run_dir)):  # queued: the timer follows it until it starts and ends
-            return (monitor.follow(run_dir), _message(f"`{rel}` {jobs.notes[str(run_dir)]}", "info"), runs_view.table(runs_root),
-                    gr.Timer(active=True))
-        return (monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root),
-                gr.Timer(active=True))
+        if jobs.notes.get(str(run_dir)):  # queued: the watch follows it until it starts and ends
+            return monitor.follow(run_dir), _message(f"`{rel}` {jobs.notes[str(run_dir)]}", "info"), runs_view.table(runs_root)
+        return monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root)
 
-    start_btn.click(lambda: _message("checking the data and starting ..."), None, message, queue=False).then(
-        on_start, comps + [base_state, state], [state, message, table, timer])
+    started = start_btn.click(lambda: _message("checking the data and starting ..."), None, message, queue=False).then(
+        on_start, comps + [base_state, state], [state, message, table])
 
     def on_abort(st):
         run = st.get("run")
@@ -249,17 +250,18 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def on_tick(st, show_log):
+    def draw(st, show_log):
+        """What changed in the followed run since `st`: (state, whether it has ended, updates of drawn[1:])."""
         jobs.reap()
         st, changed, status = monitor.tick(st)
-        keep = gr.skip() if status in ("running", "queued") else gr.Timer(active=False)  # a finished run is drawn once more, then rests
+        ended = status not in ("running", "queued")  # a finished run is drawn once more, then the watch ends
         log = gr.skip()
         if show_log:  # the log box is sent only while its section is open, and only when output.log grew
             size = monitor.log_size(st["run"])
             if size != st.get("log_size"):
                 st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
         if not changed:
-            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), keep, gr.skip(), gr.skip()
+            return st, ended, (gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), gr.skip(), gr.skip())
         evs, run = st["events"], st["run"]
         finished = status in ("done", "error", "aborted", "crashed")
         # the curves are redrawn at most every PLOT_EVERY seconds while a run trains (drawing them costs the browser
@@ -272,18 +274,40 @@ def build(ctx) -> None:
                      stage_fields.samples_html(evs))
         else:
             plots = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        return (st, monitor.progress_html(evs, status, run), *plots[:2],
-                monitor.final_message(evs, status, run) if finished else "", log,
-                runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), keep, *plots[2:])
+        return st, ended, (monitor.progress_html(evs, status, run), *plots[:2],
+                           monitor.final_message(evs, status, run) if finished else "", log,
+                           runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), *plots[2:])
 
-    timer.tick(on_tick, [state, log_open], [state, progress, loss_plot, lr_plot, final, log_box, table, timer, stage_plot, samples],
-               show_progress="hidden")
+    drawn = [state, progress, loss_plot, lr_plot, final, log_box, table, stage_plot, samples]
 
-    def on_log_open(st):
-        return True, {**st, "log_size": -1}  # the next tick sends the log
+    def watch(st, request: gr.Request):
+        """Follow the run in `st` until it ends: one event for the whole run (each event costs the browser more than
+        the updates it carries), sending only what changed, every WATCH_EVERY s."""
+        me, sent = object(), time.time()
+        watching[request.session_hash] = me
+        while st.get("run") and watching.get(request.session_hash) is me:
+            st, ended, updates = draw(st, request.session_hash in open_logs)
+            news = any(not (isinstance(u, dict) and u == gr.skip()) for u in updates)
+            if watching.get(request.session_hash) is not me:
+                break
+            if ended or news or time.time() - sent >= HEARTBEAT:
+                sent = time.time()
+                yield st, *updates
+            if ended:
+                break
+            time.sleep(WATCH_EVERY)
+        if watching.get(request.session_hash) is me:
+            del watching[request.session_hash]
 
-    log_group.expand(on_log_open, state, [log_open, state])
-    log_group.collapse(lambda: False, None, log_open)
+    def on_log_open(st, request: gr.Request):
+        open_logs.add(request.session_hash)  # a running watch sends the log from now on, when it grows
+        return monitor.log_tail(st["run"]) if st.get("run") else gr.skip()
+
+    def on_log_close(request: gr.Request):
+        open_logs.discard(request.session_hash)
+
+    log_group.expand(on_log_open, state, log_box)
+    log_group.collapse(on_log_close, None, None)
 
     def on_load_page(st, folder, chosen, chosen_eval):
         """Reattach: follow the newest running job (or keep following what this tab followed); re-read the registry."""
@@ -291,6 +315,9 @@ def build(ctx) -> None:
         if not st.get("run"):
             active = [r for r in runs.list_runs(runs_root) if r.status in ("running", "queued") and r.task == "train"]
             st = monitor.follow(active[0].path) if active else st
-        return (st, *data, gr.Timer(active=bool(st.get("run"))))  # one tick draws a followed run, and goes on if it runs
+        return (st, *data)
 
-    ctx.demo.load(on_load_page, [state] + ds_inputs, [state] + ds_outputs + [timer])
+    loaded = ctx.demo.load(on_load_page, [state] + ds_inputs, [state] + ds_outputs)
+    # each follow starts a watch (the page's load draws a followed run once, and goes on if it runs)
+    for event in (started, followed, loaded):
+        event.then(watch, state, drawn, show_progress="hidden", concurrency_limit=None)
