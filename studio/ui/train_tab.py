@@ -50,7 +50,7 @@ DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_l
             "train.warmup_ratio=0.05", "train.save_steps=10"]
 SPEC_DIR = "specs"
 PLOT_EVERY = 5.0  # seconds between redraws of the loss and learning-rate curves of a running job
-WATCH_EVERY = 2.0  # seconds between two reads of a followed run's folder
+WATCH_EVERY = 3.0  # seconds between two reads of a followed run's folder
 HEARTBEAT = 30.0  # a watch that found nothing new sends an empty update this often: a closed tab's watch then ends
 
 
