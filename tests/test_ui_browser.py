@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -153,6 +154,17 @@ def start_tiny_run(pg, tiny_model: Path, dataset: str) -> None:
     pg.click("#start")
 
 
+def lowest_priority(run: Path) -> None:
+    """Renice a running job's processes to 19: a job that a test only needs running takes only the CPU left over."""
+    import psutil
+
+    pgid = json.loads((run / "job.json").read_text())["pgid"]
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid:
+                p.nice(19)
+
+
 def test_train_watch_list_and_abort(server, page, tiny_model):
     pg, workdir = page, server["workdir"]
     pg.goto(server["url"])
@@ -187,6 +199,7 @@ def test_train_watch_list_and_abort(server, page, tiny_model):
     second = followed_run(workdir, {run.name})
     wait_status(pg, ("running",), 60)
     pg.wait_for_function(f"() => document.querySelector('#message')?.innerText.includes('{second.name}')", timeout=30_000)
+    lowest_priority(second)  # it only has to be running while the page reloads and the server restarts
     has_points = "() => +(document.querySelector('#progress [data-points]')?.dataset.points || 0) > 0"
     pg.wait_for_function(has_points, timeout=300_000)
     # reload the page, then restart the server: the run goes on, and the page finds it and plots it again
@@ -224,13 +237,13 @@ def test_preview_and_register_a_dataset(server, page, tmp_path):
     pg, workdir = page, server["workdir"]
     pg.goto(server["url"])
     pg.wait_for_selector("#start")
-    # the preview of the page's datasets (identity, then alpaca_demo): counts, and the answers highlighted as the
+    # the preview of the page's datasets (the first 32 of identity, then of alpaca_demo): counts, and the answers highlighted as the
     # tokens that carry the loss
     pg.click("#data-preview")
     pg.click("#preview-data")
     pg.wait_for_function("() => document.querySelector('#preview-counts')?.innerText.includes('trained tokens')", timeout=180_000)
     counts = pg.inner_text("#preview-counts")
-    assert "150 examples" in counts and "0 dropped" in counts
+    assert "64 examples" in counts and "0 dropped" in counts
     trained = pg.locator("#preview-body .st-example .t").first.inner_text()
     assert "Pico" in trained
     # upload a file, map its columns, preview it, save it into dataset_info.json
