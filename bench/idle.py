@@ -9,7 +9,8 @@ running; once the server's start-up helpers (data preview, GPU probe) are done, 
 cpu_times, user + system) of the server process and of our chromium processes over `--seconds`, as % of one core.
 `steps`: the same training spec run by `studio train`, then by Start on the page (the page stays open on the
 monitor), then by `studio train` again; the step time is the mean time between `log` events; the page's run is
-compared with the mean of the two CLI runs around it.
+compared with the mean of the two CLI runs around it, and the CPU time that the server process (not its children)
+and chromium used while the page's run ran is reported (`page_cpu_s`).
 `--tree` runs the studio from another checkout (e.g. the code before a change), for before/after numbers.
 The load average is recorded: on a shared machine, compare numbers measured back to back.
 """
@@ -167,10 +168,14 @@ def steps(args) -> dict:
                 b = page.locator(f"#{elem} input").first
                 b.fill(str(value))
                 b.press("Tab")
+            srv = psutil.Process(server.proc.pid)
+            before = cpu([srv]), cpu(ours_chromium())
             page.click("#start")
             page.wait_for_function("() => ['done', 'error', 'crashed'].includes(document.querySelector('#progress [data-status]')?.dataset.status)",
                                    timeout=1_800_000)
+            after = cpu([srv]), cpu(ours_chromium())
             browser.close()
+        out["page_cpu_s"] = {"server": round(after[0] - before[0], 1), "chromium": round(after[1] - before[1], 1)}
         page_run = next(p for p in (server.work / "runs").iterdir() if p.is_dir() and p.name != "cli")
         out["page"] = step_time(page_run)
         out["cli_after"] = cli("cli_after")  # the page's run is bracketed by two CLI runs: the machine's load moves

@@ -268,12 +268,14 @@ def build(ctx) -> None:
         # more than the rest of the page), and at once when it ends
         new_points = "drawn" not in st or any(e["event"] in ("log", "eval") for e in evs[st["drawn"]:])
         redraw = finished or (new_points and time.time() - st.get("plotted", 0) >= PLOT_EVERY)
-        if redraw:
-            st = {**st, "drawn": len(evs), "plotted": time.time()}
-            plots = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)), monitor.plot(stage_fields.curves(evs)),
-                     stage_fields.samples_html(evs))
-        else:
-            plots = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        plots = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        if redraw:  # of the curves and the samples, only those that differ from what the page shows are sent
+            new = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)), monitor.plot(stage_fields.curves(evs)),
+                   stage_fields.samples_html(evs))
+            marks = tuple(v if isinstance(v, str) else 0 if v is None else len(v) for v in new)
+            shown = st.get("shown") or (None,) * len(new)
+            plots = tuple(v if m != old else gr.skip() for v, m, old in zip(new, marks, shown))
+            st = {**st, "drawn": len(evs), "plotted": time.time(), "shown": marks}
         return st, ended, (monitor.progress_html(evs, status, run), *plots[:2],
                            monitor.final_message(evs, status, run) if finished else "", log,
                            runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), *plots[2:])
