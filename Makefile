@@ -31,7 +31,7 @@ webui: $(STAMP)
 	$(BIN)/studio webui
 
 test: $(STAMP) $(LLAMA_STAMP) /usr/bin/chromium
-	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile --no-loadscope-reorder -m "not long" tests
+	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile -m "not long" tests
 
 # the learning checks that take minutes each on the default model (DPO preference, self-instruct with 40 instructions)
 test-long: $(STAMP) $(LLAMA_STAMP)

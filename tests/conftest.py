@@ -79,21 +79,6 @@ def _identity_cmd(out: Path) -> list[str]:
             f"data.dataset_dir={ROOT / 'data'}", *IDENTITY_OVERRIDES]
 
 
-# The files that take longest, longest first (seconds of one worker in a full run: 127, 104, 90, ...), then the rest
-# in their usual order. `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`: a free worker takes the
-# next file in this order, so the short files come last and fill the time while the other worker ends its file.
-# The files that read the shared identity run come after the first few minutes, when it is done or nearly.
-LONG_FIRST = ["test_distributed.py", "test_ui_browser.py", "test_ui_monkey.py", "test_export_gguf_archs.py", "test_queue_browser.py",
-              "test_ui_evaluate_browser.py", "test_ui_units.py", "test_queue.py", "test_export.py", "test_evaluate.py",
-              "test_ui_chat_browser.py", "test_train.py", "test_sweep.py", "test_stages.py", "test_ui_stages_browser.py",
-              "test_serve.py", "test_chat.py"]
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: a file's tests keep their order
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts the workers
 def pytest_sessionstart(session):
     """Under `pytest -n N` the first process starts the shared identity run at once, in the background at a low
