@@ -22,7 +22,7 @@ from studio.data import collect, registry
 from studio.errors import is_user_error
 from studio.launch import queue
 from studio.serve.snippets import snippets
-from studio.ui import app, jobs, serve_panel
+from studio.ui import app, form, jobs, serve_panel
 
 TITLE = "Chat"
 SESSIONS = {"a": ChatSession(), "b": ChatSession()}  # a: the top bar's model; b: the other side
@@ -183,9 +183,9 @@ def build(ctx) -> None:
 
     unload.click(on_unload, None, status)
 
-    def on_send(text, hist_a, hist_b, on, sys_prompt, *values):
-        hist_a, hist_b = plain(hist_a), plain(hist_b)
-        text = (text or "").strip()
+    def on_send(data):
+        hist_a, hist_b, on, sys_prompt = plain(data[chat_a]), plain(data[chat_b]), data[side], data[system]
+        text = (data[message] or "").strip()
         keys = ["a", "b"] if on else ["a"]
         missing = [k.upper() for k in keys if not SESSIONS[k].loaded]
         if not text or missing:
@@ -193,7 +193,7 @@ def build(ctx) -> None:
             yield gr.update(), hist_a, hist_b, status_html(note, "error")
             return
         try:
-            params = GenParams(**{f.name: v for f, v in zip(fields(GenParams), values)}).check()
+            params = GenParams(**form.by_name(data, gen)).check()
         except Exception as e:
             yield gr.update(), hist_a, hist_b, status_html(_problem(e), "error")
             return
@@ -213,7 +213,7 @@ def build(ctx) -> None:
                 hists[k] = hists[k][:-2]  # nothing was answered: take the turn back
         yield (text if bad else ""), hists["a"], hists["b"], status_html("; ".join(bad), "error" if bad else "info")
 
-    send_inputs = [message, chat_a, chat_b, side, system, *gen.values()]
+    send_inputs = {message, chat_a, chat_b, side, system, *gen.values()}
     send.click(on_send, send_inputs, [message, chat_a, chat_b, status])
     message.submit(on_send, send_inputs, [message, chat_a, chat_b, status])
 

@@ -105,16 +105,16 @@ def build(ctx) -> None:
     kept = gr.Dataframe(kept0, wrap=True, elem_id="data-kept", interactive=False)
     gr.Markdown("**Dropped** (why, and what it resembled)")
     dropped = gr.Dataframe(dropped0, wrap=True, elem_id="data-dropped", interactive=False)
-    names = FIELDS + ENDPOINT
-    comps = [fields[n] for n in FIELDS] + [endpoint[n] for n in ENDPOINT]
-    top_names = ["model.name_or_path", "model.adapter", "model.template"]
 
     refresh.click(lambda: gr.update(choices=registry.names(data_dir)), None, source)
 
-    def on_start(src, st, *values):
-        vals, top = dict(zip(names, values[:len(names)])), dict(zip(top_names, values[len(names):]))
+    inputs = {**{n: fields[n] for n in FIELDS}, **{n: endpoint[n] for n in ENDPOINT}}
+    top = {n: ctx.top[n] for n in ("model.name_or_path", "model.adapter", "model.template")}
+
+    def on_start(data):
+        st, vals = data[state], form.by_name(data, inputs)
         try:
-            spec = make_spec({**vals, "generate.source": src or ""}, top, runs_root, workdir)
+            spec = make_spec({**vals, "generate.source": data[source] or ""}, form.by_name(data, top), runs_root, workdir)
             run_dir = jobs.start(spec, workdir, runs_root)
         except Exception as e:
             if not is_user_error(e):
@@ -123,7 +123,7 @@ def build(ctx) -> None:
         return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", "", gr.Timer(active=True)
 
     timer = gr.Timer(1.0, active=False)  # ticks only while the followed generation runs, as the other tabs' monitors
-    start_btn.click(on_start, [source, state] + comps + [ctx.top[n] for n in top_names], [state, message, result, timer])
+    start_btn.click(on_start, {source, state, *inputs.values(), *top.values()}, [state, message, result, timer])
 
     def on_abort(st):
         if not st.get("run") or not runs.is_running(st["run"]):

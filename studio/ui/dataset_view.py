@@ -16,7 +16,7 @@ import gradio as gr
 from studio import spec as specmod
 from studio.data import readers, registry
 from studio.data.registry import DataError
-from studio.ui import jobs
+from studio.ui import form, jobs
 
 PAGE = 5
 ALPACA_KEYS = ["prompt", "query", "response", "system", "history"]
@@ -93,7 +93,8 @@ def entry_for(file_name: str, formatting: str, mapping: dict, first: dict) -> di
     return raw
 
 
-def build(ctx, spec_from, comps, base_state, fields) -> None:
+def build(ctx, spec_from, form_inputs: set, fields) -> None:
+    """`spec_from(data, auto_dir)` makes the Train form's spec from the {component: value} dict of `form_inputs`."""
     workdir = ctx.workdir
     with gr.Accordion("Dataset preview", open=False, elem_id="data-preview"):
         with gr.Row():
@@ -103,16 +104,15 @@ def build(ctx, spec_from, comps, base_state, fields) -> None:
         body = gr.HTML(elem_id="preview-body")
     result = gr.State({})
 
-    def on_show(*values):
-        *values, base_dict = values
+    def on_show(data):
         try:
-            spec = spec_from(values, base_dict, auto_dir=False)
+            spec = spec_from(data, auto_dir=False)
         except specmod.SpecError as e:
             return {"error": str(e)}, f"**error:** {e}", "", 1
         res = jobs.preview(spec)
         return res, counts_md(res), examples_html(res, 1), 1
 
-    show.click(on_show, comps + [base_state], [result, counts, body, page])
+    show.click(on_show, form_inputs, [result, counts, body, page])
     page.change(lambda res, p: examples_html(res, p), [result, page], body, show_progress="hidden")
 
     with gr.Accordion("Add a dataset from a file", open=False, elem_id="add-dataset"):
@@ -158,12 +158,11 @@ def build(ctx, spec_from, comps, base_state, fields) -> None:
             raise DataError("upload a file first")
         return entry_for(st["file_name"], fmt, mapping, st.get("first") or {})
 
-    def on_check(st, nm, fmt, *rest):
-        *mvals, base_dict = rest[:len(maps) + 1]
-        values = rest[len(maps) + 1:]
+    def on_check(data):
+        st, nm, fmt = data[upload_state], data[name], data[formatting]
         try:
-            raw = current_entry(st, fmt, dict(zip(maps, mvals)))
-            spec = spec_from(values, base_dict, auto_dir=False)
+            raw = current_entry(st, fmt, form.by_name(data, maps))
+            spec = spec_from(data, auto_dir=False)
             spec.data.dataset_dir, spec.data.dataset = st["dir"], [nm or "new"]
             spec.method.stage = "pt" if fmt == "text" else "sft"
         except (DataError, specmod.SpecError) as e:
@@ -171,14 +170,14 @@ def build(ctx, spec_from, comps, base_state, fields) -> None:
         res = jobs.preview(spec, extra_info={nm or "new": raw})
         return counts_md(res), examples_html(res, 1)
 
-    inputs = [upload_state, name, formatting, *maps.values(), base_state, *comps]
-    check.click(on_check, inputs, [new_msg, new_body])
+    check.click(on_check, form_inputs | {upload_state, name, formatting, *maps.values()}, [new_msg, new_body])
 
-    def on_save(st, nm, fmt, *mvals):
+    def on_save(data):
+        st, nm, fmt = data[upload_state], data[name], data[formatting]
         try:
             if not (nm or "").strip():
                 raise DataError("give the dataset a name")
-            raw = current_entry(st, fmt, dict(zip(maps, mvals)))
+            raw = current_entry(st, fmt, form.by_name(data, maps))
             path = registry.register(workdir / st["dir"], nm.strip(), raw)
             registry.entry(workdir / st["dir"], nm.strip())
         except DataError as e:
@@ -186,4 +185,4 @@ def build(ctx, spec_from, comps, base_state, fields) -> None:
         found = registry.names(workdir / st["dir"])
         return f"`{nm}` saved in `{path.relative_to(workdir.resolve())}`", gr.update(choices=found)
 
-    save.click(on_save, [upload_state, name, formatting, *maps.values()], [new_msg, fields["data.dataset"]])
+    save.click(on_save, {upload_state, name, formatting, *maps.values()}, [new_msg, fields["data.dataset"]])

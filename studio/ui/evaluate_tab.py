@@ -209,8 +209,6 @@ def build(ctx) -> None:
     for row in FIELDS:
         with gr.Row(equal_height=False):
             fields.update(form.bind(row, special))
-    names = list(fields)
-    top_names = list(ctx.top)
     with gr.Row():
         start_btn = gr.Button("Start evaluation", variant="primary", elem_id="eval-start")
         abort_btn = gr.Button("Abort", variant="stop", elem_id="eval-abort")
@@ -255,9 +253,8 @@ def build(ctx) -> None:
         getattr(comp, event)(show, view_inputs, view_outputs)
     search.blur(show, view_inputs, view_outputs)
 
-    def on_start(*values):
-        *values, st = values
-        top, vals = dict(zip(top_names, values[:len(top_names)])), dict(zip(names, values[len(top_names):]))
+    def on_start(data):
+        st, top, vals = data[state], form.by_name(data, ctx.top), form.by_name(data, fields)
         try:
             spec = make_spec(vals, top, runs_root, workdir)
             run_dir = jobs.start(spec, workdir, runs_root)
@@ -268,7 +265,7 @@ def build(ctx) -> None:
         return {"run": str(run_dir), "offset": 0, "events": [], "status": None}, f"Started `{spec.output_dir}`", gr.Timer(active=True)
 
     timer = gr.Timer(1.0, active=False)  # ticks only while the followed evaluation runs
-    start_btn.click(on_start, list(ctx.top.values()) + list(fields.values()) + [state], [state, message, timer])
+    start_btn.click(on_start, {*ctx.top.values(), *fields.values(), state}, [state, message, timer])
 
     def on_abort(st):
         if not st.get("run") or not runs.is_running(st["run"]):

@@ -127,13 +127,14 @@ def build(ctx) -> None:
     state = gr.State(monitor.follow(None))
     progress = gr.HTML(progress_html([], "", None), elem_id="export-progress")
     result = gr.Markdown(elem_id="export-result")
-    comps = list(fields.values())
 
     refresh.click(lambda: gr.update(choices=run_choices(runs_root, workdir)), None, source)
 
-    def on_start(src, top_model, out_dir, gg, st, *values):
+    def on_start(data):
+        st = data[state]
         try:
-            spec = make_spec(src, top_model, out_dir, gg, dict(zip(fields, values)), runs_root, workdir)
+            spec = make_spec(data[source], data[ctx.top["model.name_or_path"]], data[export_dir], data[gguf], form.by_name(data, fields),
+                             runs_root, workdir)
             run_dir = jobs.start(spec, workdir, runs_root)
         except Exception as e:
             if not is_user_error(e):
@@ -142,7 +143,7 @@ def build(ctx) -> None:
         return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", "", gr.Timer(active=True)
 
     timer = gr.Timer(1.0, active=False)  # ticks only while the followed export runs
-    start_btn.click(on_start, [source, ctx.top["model.name_or_path"], export_dir, gguf, state] + comps, [state, message, result, timer])
+    start_btn.click(on_start, {source, ctx.top["model.name_or_path"], export_dir, gguf, state, *fields.values()}, [state, message, result, timer])
 
     def on_abort(st):
         if not st.get("run") or not runs.is_running(st["run"]):

@@ -152,3 +152,10 @@ def bind(names: list[str], special: dict | None = None) -> dict:
     for n in names:
         out[n] = special[n].render() if n in special else widget(n)
     return out
+
+
+def by_name(data: dict, components: dict) -> dict:
+    """{dotted: value} from `data`, the {component: value} dict that gradio passes a handler whose inputs are a set.
+
+    Handlers take their inputs as a set and read them by name, so that adding a field never shifts another's value."""
+    return {name: data[comp] for name, comp in components.items()}

@@ -68,18 +68,17 @@ def command_text(spec: specmod.JobSpec) -> str:
     return "\n".join("#   " + line if not line.startswith("#") else line for line in launch.describe(spec).splitlines())
 
 
-def wire(ctx, fields: dict, comps: list, base_state, spec_from, box) -> None:
+def wire(ctx, fields: dict, form_inputs: set, spec_from, box) -> None:
     """Recompute the estimate in `box` when an input changes; fill the device list on page load."""
-    def on_change(*values):
-        *values, base_dict = values
+    def on_change(data):
         try:
-            return estimate_text(spec_from(values, base_dict, auto_dir=False))
+            return estimate_text(spec_from(data, auto_dir=False))
         except specmod.SpecError as e:
             return f"memory estimate: {e}"
 
     for name in ESTIMATE_INPUTS:
         comp = fields.get(name) or ctx.top.get(name)
         if comp is not None:
-            comp.change(on_change, comps + [base_state], box, show_progress="hidden")
+            comp.change(on_change, form_inputs, box, show_progress="hidden")
     ctx.demo.load(lambda: gr.update(choices=device_choices()), None, fields["launch.devices"])
-    ctx.demo.load(on_change, comps + [base_state], box, show_progress="hidden")
+    ctx.demo.load(on_change, form_inputs, box, show_progress="hidden")

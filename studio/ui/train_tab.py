@@ -117,26 +117,27 @@ def build(ctx) -> None:
         fields.update(_rows(launch_fields.NAMES, launch_fields.special(), per_row=4))
     estimate_box = gr.Markdown(elem_id="memory-estimate")
 
-    names = list(ctx.top) + list(fields)
-    comps = list(ctx.top.values()) + list(fields.values())
+    by_name = {**ctx.top, **fields}
+    names, comps = list(by_name), list(by_name.values())
     for comp, value in zip(comps, form.spec_to_values(base, names)):
         comp.value = value
     fields["output_dir"].value = ""
     for name in ("data.dataset", "data.eval_dataset"):
         fields[name].value = [v for v in fields[name].value or [] if v in found]
     base_state = gr.State(specmod.to_dict(base))
+    form_inputs = {*comps, base_state}  # the form's handlers get {component: value} and read it through spec_from
 
-    def spec_from(values, base_dict, auto_dir=True) -> specmod.JobSpec:
-        vals = dict(zip(names, values))
+    def spec_from(data: dict, auto_dir=True) -> specmod.JobSpec:
+        vals = form.by_name(data, by_name)
         if not str(vals.get("output_dir") or "").strip():
             vals["output_dir"] = "runs/auto"
-        spec = form.values_to_spec(vals, specmod.from_dict(specmod.JobSpec, base_dict))
+        spec = form.values_to_spec(vals, specmod.from_dict(specmod.JobSpec, data[base_state]))
         if spec.output_dir == "runs/auto" and auto_dir:
             spec.output_dir = jobs.auto_output_dir(runs_root, spec, workdir)
         return spec
 
-    dataset_view.build(ctx, spec_from, comps, base_state, fields)
-    launch_fields.wire(ctx, fields, comps, base_state, spec_from, estimate_box)
+    dataset_view.build(ctx, spec_from, form_inputs, fields)
+    launch_fields.wire(ctx, fields, form_inputs, spec_from, estimate_box)
     # check the default data once now, in the background, so that the first Start does not wait for it
     threading.Thread(target=jobs.preview, args=(base,), daemon=True).start()
 
@@ -187,23 +188,22 @@ def build(ctx) -> None:
     refresh_data.click(on_refresh_data, ds_inputs, ds_outputs)
     fields["data.dataset_dir"].submit(on_refresh_data, ds_inputs, ds_outputs)
 
-    def on_preview(*values):
-        *values, base_dict = values
+    def on_preview(data):
         try:
-            spec = spec_from(values, base_dict)
+            spec = spec_from(data)
         except specmod.SpecError as e:
             return _message(str(e), "error"), gr.update(visible=False)
         text = (f"# save this spec as {SPEC_DIR}/train.yaml, then run:\n#   studio train {SPEC_DIR}/train.yaml\n"
                 f"# which starts:\n{launch_fields.command_text(spec)}\n\n{specmod.dumps(spec)}")
         return "", gr.update(value=text, visible=True)
 
-    preview_btn.click(on_preview, comps + [base_state], [message, command_box])
+    preview_btn.click(on_preview, form_inputs, [message, command_box])
 
-    def on_save(path, *values):
-        *values, base_dict = values
+    def on_save(data):
+        path = data[spec_path]
         try:
             target = jobs.inside(workdir, path or f"{SPEC_DIR}/train.yaml", "spec file")
-            spec = spec_from(values, base_dict, auto_dir=False)
+            spec = spec_from(data, auto_dir=False)
             if spec.output_dir == "runs/auto":
                 spec.output_dir = jobs.auto_output_dir(runs_root, spec, workdir)
             specmod.dump(spec, target)
@@ -211,7 +211,7 @@ def build(ctx) -> None:
             return _message(str(e), "error")
         return _message(f"saved {target.relative_to(workdir.resolve())}; run it with `studio train {path}`", "ok")
 
-    save_btn.click(on_save, [spec_path] + comps + [base_state], message)
+    save_btn.click(on_save, form_inputs | {spec_path}, message)
 
     def on_load(path):
         try:
@@ -224,10 +224,10 @@ def build(ctx) -> None:
 
     load_btn.click(on_load, spec_path, comps + [base_state, message])
 
-    def on_start(*values):
-        *values, base_dict, st = values
+    def on_start(data):
+        st = data[state]
         try:
-            spec = spec_from(values, base_dict)
+            spec = spec_from(data)
             run_dir = jobs.start(spec, workdir, runs_root, check_data=jobs.preview)
         except Exception as e:
             if not is_user_error(e):
@@ -239,7 +239,7 @@ def build(ctx) -> None:
         return monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root)
 
     started = start_btn.click(lambda: _message("checking the data and starting ..."), None, message, queue=False).then(
-        on_start, comps + [base_state, state], [state, message, table])
+        on_start, form_inputs | {state}, [state, message, table])
 
     def on_abort(st):
         run = st.get("run")
