@@ -387,7 +387,6 @@ def test_export_tab_in_browser(lora_run, tmp_path):
 
     if not ui.CHROMIUM.exists():
         pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
 
     workdir = tmp_path / "work"
     shutil.copytree(lora_run, workdir / "runs" / "tiny_lora")
@@ -395,10 +394,7 @@ def test_export_tab_in_browser(lora_run, tmp_path):
     proc = ui.start_server(workdir, port)
     try:
         ui.wait_served(f"http://127.0.0.1:{port}/", proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(ui.CHROMIUM), args=ui.ARGS)
-            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-            pg.set_default_timeout(60_000)
+        with ui.open_page() as pg:
             try:
                 pg.goto(f"http://127.0.0.1:{port}/")
                 pg.get_by_role("tab", name="Export").click()
@@ -416,8 +412,6 @@ def test_export_tab_in_browser(lora_run, tmp_path):
                 ui.ARTIFACTS.mkdir(exist_ok=True)
                 pg.screenshot(path=str(ui.ARTIFACTS / "test_export_tab_in_browser.png"), full_page=True)
                 raise
-            finally:
-                browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

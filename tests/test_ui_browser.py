@@ -8,6 +8,7 @@ would click. Screenshots of failures are kept under test-artifacts/.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -76,6 +77,9 @@ def open_page(timeout_ms: int = 60_000):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(timeout_ms)
+        # wait_for_function checks its condition at every animation frame unless told otherwise (60 times a second,
+        # chromium's renderer busy for as long as a test waits); every 100 ms is enough
+        pg.wait_for_function = functools.partial(pg.wait_for_function, polling=100)
         try:
             yield pg
         finally:

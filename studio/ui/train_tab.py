@@ -276,8 +276,10 @@ def build(ctx) -> None:
             shown = st.get("shown") or (None,) * len(new)
             plots = tuple(v if m != old else gr.skip() for v, m, old in zip(new, marks, shown))
             st = {**st, "drawn": len(evs), "plotted": time.time(), "shown": marks}
-        return st, ended, (monitor.progress_html(evs, status, run), *plots[:2],
-                           monitor.final_message(evs, status, run) if finished else "", log,
+        final_text = monitor.final_message(evs, status, run) if finished else ""  # sent when it changes, as the curves
+        final_out = final_text if st.get("final") != final_text else gr.skip()
+        st = {**st, "final": final_text}
+        return st, ended, (monitor.progress_html(evs, status, run), *plots[:2], final_out, log,
                            runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), *plots[2:])
 
     drawn = [state, progress, loss_plot, lr_plot, final, log_box, table, stage_plot, samples]
