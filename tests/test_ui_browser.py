@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -162,11 +161,11 @@ def lowest_priority(run: Path) -> None:
     """Renice a running job's processes to 19: a job that a test only needs running takes only the CPU left over."""
     import psutil
 
-    pgid = json.loads((run / "job.json").read_text())["pgid"]
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid:
-                p.nice(19)
+    from studio.launch import process
+
+    for pid in process.job_pids(runs.job_info(run)):
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).nice(19)
 
 
 def test_train_watch_list_and_abort(server, page, tiny_model):

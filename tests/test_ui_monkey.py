@@ -27,12 +27,15 @@ SEEDS = [1, 2, 3]  # each found nothing new at the time of writing; a seed that 
 ACTIONS = 25
 
 
+def _workdir(base: Path) -> Path:
+    """A working folder of its own, with a copy of the demo data."""
+    shutil.copytree(ROOT / "data", base / "work" / "data")
+    return base / "work"
+
+
 @pytest.fixture
 def served(tmp_path):
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    shutil.copytree(ROOT / "data", workdir / "data")
-    yield workdir
+    return _workdir(tmp_path)
 
 
 def _serve(workdir: Path):
@@ -43,14 +46,18 @@ def _serve(workdir: Path):
     return proc, url
 
 
-def _stop(proc, workdir: Path) -> str:
+def _stop_runs(workdir: Path) -> None:
     from studio.launch import process
     from studio.run import status as runs
 
-    proc.terminate()
-    proc.wait(timeout=30)
     for r in runs.list_runs(workdir / "runs"):
         process.stop(r.path, grace=5)
+
+
+def _stop(proc, workdir: Path) -> str:
+    proc.terminate()
+    proc.wait(timeout=30)
+    _stop_runs(workdir)
     return (workdir / "webui.log").read_text(errors="replace")
 
 
@@ -150,9 +157,7 @@ def _walk(pg, rng: random.Random, n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def walked(tmp_path_factory):
     """One server, in a working folder of its own, for every seed: each seed walks a page of its own."""
-    workdir = tmp_path_factory.mktemp("monkey") / "work"
-    workdir.mkdir()
-    shutil.copytree(ROOT / "data", workdir / "data")
+    workdir = _workdir(tmp_path_factory.mktemp("monkey"))
     proc, url = _serve(workdir)
     info = {"proc": proc, "url": url, "workdir": workdir}
     yield info
@@ -161,9 +166,6 @@ def walked(tmp_path_factory):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_monkey(walked, seed):
-    from studio.launch import process
-    from studio.run import status as runs
-
     proc, url, log_file = walked["proc"], walked["url"], walked["workdir"] / "webui.log"
     start = log_file.stat().st_size
     done: list[str] = []
@@ -183,8 +185,7 @@ def test_monkey(walked, seed):
         assert proc.poll() is None, "the server died"
         urllib.request.urlopen(url, timeout=10)  # the page still serves
     finally:
-        for r in runs.list_runs(walked["workdir"] / "runs"):  # a job that the walk's Start began ends with its seed
-            process.stop(r.path, grace=5)
+        _stop_runs(walked["workdir"])  # a job that the walk's Start began ends with its seed
     with open(log_file, "rb") as f:
         f.seek(start)
         found = _tracebacks(f.read().decode(errors="replace"))
