@@ -190,6 +190,30 @@ def test_preview_marks_trained_tokens_and_refuses_masked_data(tiny_model, tmp_pa
     assert not (tmp_path / "runs" / "m" / "job.json").exists()
 
 
+def test_a_preview_is_kept_on_disk_until_its_data_changes(tiny_model, data_dir, tmp_path, monkeypatch):
+    """A second server (an empty memory cache) shows the same preview without a child; new data, a new preview."""
+    monkeypatch.setenv("STUDIO_CACHE", str(tmp_path / "cache"))
+    children = []
+    monkeypatch.setattr(jobs, "_run_preview", lambda spec, extra, limit, timeout: children.append(limit) or {"n": len(children)})
+    monkeypatch.setattr(jobs, "_cache", {})
+    spec = specmod.load(None, [f"model.name_or_path={tiny_model}", f"data.dataset_dir={data_dir}", "output_dir=runs/x"])
+    assert jobs.preview(spec) == {"n": 1}
+    jobs._cache.clear()
+    assert jobs.preview(spec) == {"n": 1} and children == [100]
+    assert jobs.preview(spec, limit=3) == {"n": 2}
+    data = data_dir / "identity.json"
+    data.write_text(data.read_text() + "\n")
+    jobs._cache.clear()
+    assert jobs.preview(spec) == {"n": 3} and len(list((tmp_path / "cache" / "previews").glob("*.json"))) == 3
+    # a dataset whose file is missing is previewed each time (its error is not kept)
+    gone = specmod.load(None, [f"model.name_or_path={tiny_model}", f"data.dataset_dir={data_dir}", "data.dataset=[nowhere]",
+                               "output_dir=runs/x"])
+    jobs.preview(gone)
+    jobs._cache.clear()
+    jobs.preview(gone)
+    assert len(children) == 5
+
+
 def test_second_start_on_the_same_devices_is_queued(tmp_path):
     runs_root = tmp_path / "runs"
     busy = runs_root / "busy"

@@ -4,7 +4,6 @@ No gradio here; the tabs call these and show the SpecError / DataError messages.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 from studio.launch import preflight, process, queue
 from studio.run import status as runs
 from studio import spec as specmod
-from studio.data import registry
+from studio.data import preview_cache
 from studio.data.registry import DataError
 
 _children: list[subprocess.Popen] = []  # started by this server; polled so finished ones do not linger as zombies
@@ -85,32 +84,20 @@ _inflight: dict[str, threading.Lock] = {}
 _lock = threading.Lock()
 
 
-def _preview_key(spec: specmod.JobSpec, extra: dict | None) -> str:
-    d = spec.data
-    parts = [spec.model.name_or_path, spec.model.template, spec.method.stage, d.dataset_dir, list(d.dataset), d.cutoff_len,
-             d.max_samples, d.train_on_prompt, d.mask_history, extra]
-    try:
-        info = registry.read_info(d.dataset_dir)
-        for n in d.dataset:
-            raw = (extra or {}).get(n) or info.get(n) or {}
-            f = Path(d.dataset_dir) / str(raw.get("file_name", ""))
-            parts.append([n, raw, f.stat().st_mtime_ns if f.exists() else 0])
-    except DataError:
-        pass
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def preview(spec: specmod.JobSpec, extra_info: dict | None = None, limit: int = 100, timeout: float = 600) -> dict:
-    """The JSON of `python -m studio.data.preview` for this spec (cached by content)."""
-    key = _preview_key(spec, extra_info)
+    """The JSON of `python -m studio.data.preview` for this spec, cached by content (in memory, and on disk when
+    every file it reads is local: data.preview_cache)."""
+    key, keep = preview_cache.key(spec, extra_info, limit)
     with _lock:
         key_lock = _inflight.setdefault(key, threading.Lock())
     with key_lock:  # a second caller for the same data waits for the first one's child
         if key in _cache:
             return _cache[key]
-        result = _run_preview(spec, extra_info, limit, timeout)
+        result = (preview_cache.read(key) if keep else None) or _run_preview(spec, extra_info, limit, timeout)
         if not result.get("crashed"):
             _cache[key] = result
+            if keep:
+                preview_cache.write(key, result)
         return result
 
 
