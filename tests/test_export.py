@@ -16,6 +16,7 @@ import pytest
 from studio.run import events as ev
 from studio.export import job as export
 from studio.export import gguf as export_gguf
+from studio.export import quant
 from studio import spec as specmod
 from tests.conftest import ROOT
 
@@ -105,7 +106,6 @@ def render_ollama(modelfile: str, messages: list[dict]) -> str:
 
 
 def test_lora_merge_verify_gguf(lora_run, tiny_model, tmp_path):
-    import gguf
     import peft
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,7 +142,7 @@ def test_lora_merge_verify_gguf(lora_run, tiny_model, tmp_path):
     for needle in (str(tiny_model), "identity", "lora", "| learning_rate | 0.01 |", "| train_loss | 1.2345 |", "passed"):
         assert needle in card, needle
     # GGUF metadata
-    r = gguf.GGUFReader(out / "model-f16.gguf")
+    r = quant.reader(out / "model-f16.gguf")
     f = r.fields
     assert f["general.architecture"].contents() == "llama" and f["tokenizer.ggml.model"].contents() == "gpt2"
     assert f["tokenizer.ggml.pre"].contents() == "gpt-2"
@@ -153,7 +153,7 @@ def test_lora_merge_verify_gguf(lora_run, tiny_model, tmp_path):
     assert f["tokenizer.chat_template"].contents() == tok.chat_template
     types = {t.name: t.tensor_type.name for t in r.tensors}
     assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32" and "output.weight" not in types
-    q8 = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out / "model-q8_0.gguf").tensors}
+    q8 = {t.name: t.tensor_type.name for t in quant.reader(out / "model-q8_0.gguf").tensors}
     assert q8["blk.0.attn_q.weight"] == "Q8_0"
     assert (out / "model-q8_0.gguf").stat().st_size < 0.7 * (out / "model-f16.gguf").stat().st_size
     # llama.cpp loaded both files back during the export (the bindings are installed by `make test`)

@@ -75,9 +75,7 @@ def _train(model, tok, steps: int) -> None:
 
 
 def _tensors(path: Path) -> dict:
-    import gguf
-
-    r = gguf.GGUFReader(path)
+    r = export_quant.reader(path)
     return {t.name: t.tensor_type.name for t in r.tensors}, r.fields
 
 

@@ -65,13 +65,26 @@ def quantize(src: str | Path, out: str | Path, qtype: str, nthread: int | None =
     return describe(out)
 
 
+def reader(path: str | Path):
+    """gguf's GGUFReader over a plain array view of the file's memory map: the reader slices the file once per value,
+    and a slice of a numpy memmap costs ~3x a plain array's (3.2 -> 1.1 CPU-s for a file with a 49k-token vocabulary)."""
+    import gguf
+    import numpy as np
+
+    class Reader(gguf.GGUFReader):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            if type(self.data) is not np.ndarray:
+                self.data = self.data.view(np.ndarray)
+            return super()._get(offset, dtype, count, override_order)
+
+    return Reader(path)
+
+
 def describe(path: str | Path) -> dict:
     """Tensor types of a GGUF file, and the 2-D tensors that are neither k-quants nor float (the fallbacks)."""
-    import gguf
-
     counts: dict[str, int] = {}
     fallback = {}
-    for t in gguf.GGUFReader(path).tensors:
+    for t in reader(path).tensors:
         name = t.tensor_type.name
         counts[name] = counts.get(name, 0) + 1
         cols = int(t.shape[0])  # GGUF lists the row length first
