@@ -18,7 +18,7 @@ from studio.export import job as export
 from studio.export import gguf as export_gguf
 from studio.export import quant
 from studio import spec as specmod
-from tests.conftest import ROOT
+from conftest import ROOT
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # llama.cpp's OpenMP threads must not spin on a busy machine
 SAMPLE = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Pico."},
@@ -383,7 +383,7 @@ def test_identity_export_end_to_end(identity_run, tmp_path):
 def test_export_tab_in_browser(lora_run, tmp_path):
     import shutil
 
-    from tests import test_ui_browser as ui
+    import test_ui_browser as ui
 
     if not ui.CHROMIUM.exists():
         pytest.skip("needs Debian's chromium (apt-get install -y chromium)")

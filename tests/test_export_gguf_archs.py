@@ -15,7 +15,7 @@ import pytest
 from studio.export import gguf as export_gguf
 from studio.export import quant as export_quant
 from studio import spec as specmod
-from tests.test_export import _export
+from test_export import _export
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # llama.cpp's OpenMP threads must not spin on a busy machine
 QWEN2_PRE = {"type": "Sequence", "pretokenizers": [
@@ -59,7 +59,7 @@ def tiny(root: Path, default_model_dir: Path, kind: str, qwen_tokenizer: bool = 
 def _train(model, tok, steps: int) -> None:
     import torch
 
-    from tests.conftest import ROOT
+    from conftest import ROOT
 
     data = json.loads((ROOT / "data" / "identity.json").read_text())
     texts = [tok.apply_chat_template([{"role": "user", "content": d["instruction"]}, {"role": "assistant", "content": d["output"]}],
