@@ -222,9 +222,9 @@ def test_train_watch_list_and_abort(server, page, tiny_model):
     second = followed_run(workdir, {run.name})
     wait_status(pg, ("running",), 60)
     pg.wait_for_function(f"() => document.querySelector('#message')?.innerText.includes('{second.name}')", timeout=30_000)
-    lowest_priority(second)  # it only has to be running while the page reloads and the server restarts
     has_points = "() => +(document.querySelector('#progress [data-points]')?.dataset.points || 0) > 0"
     pg.wait_for_function(has_points, timeout=300_000)
+    lowest_priority(second)  # from its first point on, it only has to be running while the page reloads and the server restarts
     # reload the page, then restart the server: the run goes on, and the page finds it and plots it again
     for restart in (False, True):
         if restart:
