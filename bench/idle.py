@@ -2,15 +2,16 @@
 the page (page open) against the same run from the CLI.
 
     .venv/bin/python bench/idle.py idle [--tree PATH] [--seconds 20]
-    .venv/bin/python bench/idle.py steps [--tree PATH] [--model default] [--steps 8]
+    .venv/bin/python bench/idle.py steps [--tree PATH] [--model default] [--steps 8] [--rounds 1]
 
 `idle`: a `studio webui` in a scratch working folder, the page open in Debian's headless chromium, nothing
 running; once the server's start-up helpers (data preview, GPU probe) are done, the CPU time (psutil
 cpu_times, user + system) of the server process and of our chromium processes over `--seconds`, as % of one core.
-`steps`: the same training spec run by `studio train`, then by Start on the page (the page stays open on the
-monitor), then by `studio train` again; the step time is the mean time between `log` events; the page's run is
-compared with the mean of the two CLI runs around it, and the CPU time that the server process (not its children)
-and chromium used while the page's run ran is reported (`page_cpu_s`).
+`steps`: the same training spec run by `studio train`, then by Start on a fresh page (the page stays open on the
+monitor until the run ends), then by `studio train` again, `--rounds` times (CLI, page, CLI, page, ..., CLI); the
+step time is the mean time between `log` events; each page run is compared with the mean of the two CLI runs around
+it (`page_over_cli`: each round's ratio, their median and mean), and the CPU time that the server process (not its
+children) and chromium used while each page run ran is reported (`page_cpu_s`).
 `--tree` runs the studio from another checkout (e.g. the code before a change), for before/after numbers.
 The load average is recorded: on a shared machine, compare numbers measured back to back.
 """
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +136,38 @@ SPEC = ["data.dataset=[identity]", "data.cutoff_len=256", "train.per_device_trai
         "train.gradient_accumulation_steps=1", "train.logging_steps=1", "train.save_steps=1000"]
 
 
+def page_run_once(browser, server: Server, args) -> tuple[Path, dict]:
+    """Start the spec from a fresh page, keep the page open on the monitor until the run ends; (run folder, CPU-s of
+    the server process and of chromium during the run)."""
+    known = set((server.work / "runs").iterdir()) if (server.work / "runs").exists() else set()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server.url)
+    page.wait_for_selector("#start")
+    fill = {"f-train-max_steps": args.steps, "f-train-per_device_train_batch_size": 2, "f-train-gradient_accumulation_steps": 1,
+            "f-train-logging_steps": 1, "f-train-save_steps": 1000}
+    box = page.locator("#f-model-name_or_path input").first
+    box.fill(args.model)
+    box.press("Enter")
+    page.keyboard.press("Escape")
+    page.locator("#f-data-dataset .remove-all").click()
+    page.locator("#f-data-dataset input").first.click()
+    page.locator("[role=option][aria-label='identity']").first.click()
+    page.keyboard.press("Escape")
+    for elem, value in fill.items():
+        b = page.locator(f"#{elem} input").first
+        b.fill(str(value))
+        b.press("Tab")
+    srv = psutil.Process(server.proc.pid)
+    before = cpu([srv]), cpu(ours_chromium())
+    page.click("#start")
+    page.wait_for_function("() => ['done', 'error', 'crashed'].includes(document.querySelector('#progress [data-status]')?.dataset.status)",
+                           timeout=1_800_000, polling=1000)  # not the default: a check at every animation frame
+    after = cpu([srv]), cpu(ours_chromium())
+    page.close()
+    run = next(p for p in (server.work / "runs").iterdir() if p.is_dir() and p not in known and not p.name.startswith("cli-"))
+    return run, {"server": round(after[0] - before[0], 1), "chromium": round(after[1] - before[1], 1)}
+
+
 def steps(args) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -148,39 +182,25 @@ def steps(args) -> dict:
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, check=True, timeout=1800)
             return step_time(server.work / "runs" / name)
 
-        out["cli"] = cli("cli")
+        rounds = []
+        before = cli("cli-0")
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server.url)
-            page.wait_for_selector("#start")
-            fill = {"f-train-max_steps": args.steps, "f-train-per_device_train_batch_size": 2, "f-train-gradient_accumulation_steps": 1,
-                    "f-train-logging_steps": 1, "f-train-save_steps": 1000}
-            box = page.locator("#f-model-name_or_path input").first
-            box.fill(args.model)
-            box.press("Enter")
-            page.keyboard.press("Escape")
-            page.locator("#f-data-dataset .remove-all").click()
-            page.locator("#f-data-dataset input").first.click()
-            page.locator("[role=option][aria-label='identity']").first.click()
-            page.keyboard.press("Escape")
-            for elem, value in fill.items():
-                b = page.locator(f"#{elem} input").first
-                b.fill(str(value))
-                b.press("Tab")
-            srv = psutil.Process(server.proc.pid)
-            before = cpu([srv]), cpu(ours_chromium())
-            page.click("#start")
-            page.wait_for_function("() => ['done', 'error', 'crashed'].includes(document.querySelector('#progress [data-status]')?.dataset.status)",
-                                   timeout=1_800_000, polling=1000)  # not the default: a check at every animation frame
-            after = cpu([srv]), cpu(ours_chromium())
+            for n in range(1, args.rounds + 1):
+                page_run, page_cpu = page_run_once(browser, server, args)
+                after = cli(f"cli-{n}")  # each page run is bracketed by two CLI runs: the machine's load moves
+                page_step = step_time(page_run)
+                r = {"cli_before": before, "page": page_step, "cli_after": after, "page_cpu_s": page_cpu}
+                if before["step_s"] and page_step["step_s"] and after["step_s"]:
+                    r["page_over_cli"] = round(2 * page_step["step_s"] / (before["step_s"] + after["step_s"]), 3)
+                rounds.append(r)
+                before = after
             browser.close()
-        out["page_cpu_s"] = {"server": round(after[0] - before[0], 1), "chromium": round(after[1] - before[1], 1)}
-        page_run = next(p for p in (server.work / "runs").iterdir() if p.is_dir() and p.name != "cli")
-        out["page"] = step_time(page_run)
-        out["cli_after"] = cli("cli_after")  # the page's run is bracketed by two CLI runs: the machine's load moves
-        if out["cli"]["step_s"] and out["page"]["step_s"] and out["cli_after"]["step_s"]:
-            out["page_over_cli"] = round(2 * out["page"]["step_s"] / (out["cli"]["step_s"] + out["cli_after"]["step_s"]), 3)
+        out["rounds"] = rounds
+        ratios = sorted(r["page_over_cli"] for r in rounds if "page_over_cli" in r)
+        if ratios:
+            out["page_over_cli"] = {"each": ratios, "median": round(statistics.median(ratios), 3),
+                                    "mean": round(statistics.mean(ratios), 3)}
     finally:
         server.close()
     return out
@@ -193,6 +213,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--model", default="default")
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=1, help="steps: page runs, each between two CLI runs")
     p.add_argument("--port", type=int, default=7897)
     args = p.parse_args()
     load = os.getloadavg()
