@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-from safetensors.torch import load_file
 
 from conftest import ROOT, tiny_spec
 from studio import spec as specmod
@@ -13,6 +12,8 @@ from studio.run import events as ev
 
 
 def test_early_stopping_keeps_the_best_adapter_and_says_so(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
     over = {"data.val_size": 0.2, "train.eval_steps": 1, "train.save_steps": 1, "train.max_steps": 30, "train.learning_rate": 3.0,
             "train.load_best_model_at_end": "true", "train.early_stopping_patience": 2, "train.save_total_limit": 2}
     res = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"),

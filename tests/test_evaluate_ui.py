@@ -8,13 +8,16 @@ import pytest
 from studio.evaluate import predictions
 from studio import spec as specmod
 
-tab = pytest.importorskip("studio.ui.evaluate_tab")
-
 TOP = {"model.name_or_path": "default", "method.finetuning_type": "lora", "model.quantization_bit": "none",
        "model.template": "auto", "model.adapter": "runs/identity_lora"}
 
 
-def test_form_makes_an_eval_spec(tmp_path):
+@pytest.fixture(scope="module")
+def tab():
+    return pytest.importorskip("studio.ui.evaluate_tab")  # gradio: imported by the tests that need it, not at collection
+
+
+def test_form_makes_an_eval_spec(tmp_path, tab):
     values = {"data.dataset_dir": "data", "data.eval_dataset": ["identity_eval"], "eval.compare": ["base"], "data.max_samples": "5",
               "data.cutoff_len": 512, "eval.batch_size": 4, "eval.max_new_tokens": 32, "eval.do_sample": True, "eval.temperature": 0.5,
               "eval.top_p": 0.8, "eval.top_k": 20, "eval.seed": 7, "eval.compute_loss": False, "output_dir": ""}
@@ -36,7 +39,7 @@ def _rows():
     return [{"#": i, **r} for i, r in enumerate(rows)]
 
 
-def test_filter_and_sort_predictions():
+def test_filter_and_sort_predictions(tab):
     rows = _rows()
     worst = tab.filter_rows(rows, "rouge-l worst first")
     assert [r["#"] for r in worst] == [2, 1, 0, 3]  # unscored last
@@ -50,7 +53,7 @@ def test_filter_and_sort_predictions():
     assert md.index("Worst") < md.index("Bonjour") < md.index("Best") < md.index("#0")
 
 
-def test_results_of_a_run_folder(tmp_path):
+def test_results_of_a_run_folder(tmp_path, tab):
     rows = _rows()
     predictions.write_jsonl(tmp_path / "predictions-a.jsonl", [{k: v for k, v in r.items() if k != "#"} for r in rows])
     result = {"models": [{"name": "base", "predictions": "predictions-base.jsonl", "rouge-l": 1.0, "samples": 4},
@@ -62,7 +65,7 @@ def test_results_of_a_run_folder(tmp_path):
     assert [r["query"] for r in got] == [r["query"] for r in rows] and got[0]["#"] == 0
 
 
-def test_progress_bar_counts_samples():
+def test_progress_bar_counts_samples(tab):
     events = [{"event": "start", "t": 1, "total_steps": 8}, {"event": "progress", "t": 2, "done": 3, "total": 8, "rate": 1.5,
                                                              "eta_s": 3.3, "model": "base"}]
     text = tab.progress_html(events, "running", "runs/e")

@@ -1,10 +1,11 @@
 """Packing: several examples in one row, and none of them can attend to another."""
-import torch
-from transformers import AutoModelForCausalLM
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 
 def test_packed_row_equals_separate_forwards(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     torch.manual_seed(0)
     a, b, c = (torch.randint(10, 1000, (n,)).tolist() for n in (7, 12, 5))
