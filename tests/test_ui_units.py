@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from studio import spec as specmod
-from studio.ui import form, jobs, monitor, train_tab
+from studio.ui import form, jobs, monitor
 from studio.ui.serve import check_access
 from studio.run import status as runs
 
@@ -141,6 +141,8 @@ def test_devices_overlap():
 
 def test_the_page_starts_with_the_identity_example():
     """Start on a fresh page trains what examples/identity_lora.yaml trains."""
+    from studio.ui import train_tab
+
     example = specmod.to_dict(specmod.load(ROOT / "examples" / "identity_lora.yaml"))
     page = specmod.to_dict(train_tab.default_spec())
     for part in ("model", "data", "method", "train"):
