@@ -143,8 +143,7 @@ def _fingerprint(spec, names, tokenizer, template_name) -> str:
         parts["files"].append([n, info.get(n)])
         e = registry.entry(d.dataset_dir, n, info)
         if e.path and e.path.exists():
-            files = sorted(e.path.rglob("*")) if e.path.is_dir() else [e.path]
-            parts["files"] += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
+            parts["files"] += [[str(f), size, mtime] for f, size, mtime in registry.file_stats(e.path)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -28,8 +28,9 @@ def folder() -> Path:
 
 
 def _files(path: Path) -> list:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [[str(f.relative_to(path)) if path.is_dir() else f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    """[name, size, mtime] of the file or of each file in the folder; names relative, so that a copy of the same
+    files (modification times kept) in another working folder has the same key."""
+    return [[str(f.relative_to(path)) if path.is_dir() else f.name, size, mtime] for f, size, mtime in registry.file_stats(path)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,11 +59,13 @@ def key(spec, extra: dict | None, limit: int) -> tuple[str, bool]:
     except DataError:
         info, local = {}, False
     for n in d.dataset:
-        raw = (extra or {}).get(n) or info.get(n) or {}
-        f = Path(d.dataset_dir) / str(raw.get("file_name", ""))
-        found = bool(raw.get("file_name")) and f.exists()
+        try:
+            path = registry.entry(d.dataset_dir, n, {**info, **(extra or {})}).path
+        except DataError:
+            path = None
+        found = path is not None and path.exists()
         local = local and found
-        parts.append([n, raw, _files(f) if found else None])
+        parts.append([n, (extra or {}).get(n) or info.get(n), _files(path) if found else None])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest(), local
 
 

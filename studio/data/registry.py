@@ -83,6 +83,13 @@ class DatasetEntry:
         return self.tags.get(key, SHAREGPT_TAGS[key])
 
 
+def file_stats(path: Path) -> list[tuple[Path, int, int]]:
+    """(file, size, modification time in ns) of a data file, or of every file under a data folder, sorted: what a
+    cache of anything read from the data is keyed by."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [(f, (st := f.stat()).st_size, st.st_mtime_ns) for f in files]
+
+
 def info_path(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / INFO
 
