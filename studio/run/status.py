@@ -72,7 +72,16 @@ def pid_alive(pid: int) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """Any live member in the process group (killpg succeeds while only zombies remain)."""
+    """Any live member in the process group (killpg succeeds while only zombies remain). The group's leader alive, or
+    no member at all, is answered without reading every process of the machine."""
+    try:
+        if pid_alive(pgid) and os.getpgid(pgid) == pgid:
+            return True
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
     for p in psutil.process_iter(["status"]):
         try:
             if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
