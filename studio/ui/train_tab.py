@@ -46,7 +46,7 @@ MORE = ["train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "trai
         "data.mask_history", "data.group_by_length", "model.attn_implementation", "train.liger_kernel", "train.neftune_alpha", "model.quantization_type", "model.double_quantization", "train.report_to",
         "train.report_offline"]
 # The page's first spec: what examples/identity_lora.yaml trains (identity, with alpaca_demo mixed in).
-DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_len=256", "data.max_samples=32", "train.learning_rate=1.0e-3", "train.num_train_epochs=3",
+DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_len=256", "data.max_samples=32", "train.learning_rate=2.0e-3", "train.num_train_epochs=2",
             "train.warmup_ratio=0.05", "train.save_steps=10"]
 SPEC_DIR = "specs"
 PLOT_EVERY = 5.0  # seconds between redraws of the loss and learning-rate curves of a running job
