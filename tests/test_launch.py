@@ -281,3 +281,18 @@ def test_preflight_lists_every_problem_at_once(tmp_path):
     with pytest.raises(specmod.SpecError) as err:
         preflight(spec)
     assert "2 problems" in str(err.value) and "nope" in str(err.value) and "missing.json" in str(err.value)
+
+
+def test_free_ports_do_not_follow_a_seeded_random():
+    """Processes that seeded `random` alike (transformers' set_seed(42) in a trainer) must not pick the same ports:
+    two test workers once both picked 30476, the first port of random.seed(42)."""
+    import random
+
+    picks = []
+    for _ in range(2):
+        random.seed(42)
+        picks.append([launch.free_port() for _ in range(5)])
+    assert picks[0] != picks[1]
+    random.seed(42)
+    launch.free_port()
+    assert random.random() == random.Random(42).random()  # the global state is left alone

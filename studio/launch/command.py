@@ -28,10 +28,14 @@ ENTRY = {"train": "studio.train.job", "eval": "studio.evaluate.job", "export": "
 DEFAULT_PORT = 29500  # torchrun's own default; every node of a multi-node job must use the same port
 
 
+_PORTS = random.SystemRandom()
+
+
 def free_port() -> int:
     """A free TCP port below the kernel's ephemeral range (32768 and up), so that no outgoing connection takes it
-    between now and the moment a server binds it."""
-    for port in random.sample(range(20000, 32000), 200):
+    between now and the moment a server binds it. Drawn from the system's randomness, not from `random`'s global
+    state, which libraries seed (transformers' set_seed): two processes seeded alike would pick the same ports."""
+    for port in _PORTS.sample(range(20000, 32000), 200):
         with socket.socket() as s:
             try:
                 s.bind(("", port))
