@@ -253,6 +253,7 @@ def build(ctx) -> None:
     def draw(st, show_log):
         """What changed in the followed run since `st`: (state, whether it has ended, updates of drawn[1:])."""
         jobs.reap()
+        was = st.get("status")
         st, changed, status = monitor.tick(st)
         ended = status not in ("running", "queued")  # a finished run is drawn once more, then the watch ends
         log = gr.skip()
@@ -280,7 +281,7 @@ def build(ctx) -> None:
         final_out = final_text if st.get("final") != final_text else gr.skip()
         st = {**st, "final": final_text}
         return st, ended, (monitor.progress_html(evs, status, run), *plots[:2], final_out, log,
-                           runs_view.table(runs_root) if finished or len(evs) <= 2 else gr.skip(), *plots[2:])
+                           runs_view.table(runs_root) if status != was else gr.skip(), *plots[2:])  # the runs list: on a new status
 
     drawn = [state, progress, loss_plot, lr_plot, final, log_box, table, stage_plot, samples]
 
