@@ -3,6 +3,7 @@ the page (page open) against the same run from the CLI.
 
     .venv/bin/python bench/idle.py idle [--tree PATH] [--seconds 20]
     .venv/bin/python bench/idle.py steps [--tree PATH] [--model default] [--steps 8] [--rounds 1]
+    .venv/bin/python bench/idle.py follow [--tree PATH] [--seconds 40]
 
 `idle`: a `studio webui` in a scratch working folder, the page open in Debian's headless chromium, nothing
 running; once the server's start-up helpers (data preview, GPU probe) are done, the CPU time (psutil
@@ -12,6 +13,10 @@ monitor until the run ends), then by `studio train` again, `--rounds` times (CLI
 step time is the mean time between `log` events; each page run is compared with the mean of the two CLI runs around
 it (`page_over_cli`: each round's ratio, their median and mean), and the CPU time that the server process (not its
 children) and chromium used while each page run ran is reported (`page_cpu_s`).
+`follow`: what following a run costs, without a run's own noise: a run folder whose job is a sleeping placeholder
+process and whose events (a `log` event a second) this script writes; the page, loaded, finds the running job and
+follows it; the CPU of the server process, of the renderer and of all our chromium processes over `--seconds`, as %
+of one core (the idle page's cost included).
 `--tree` runs the studio from another checkout (e.g. the code before a change), for before/after numbers.
 The load average is recorded: on a shared machine, compare numbers measured back to back.
 """
@@ -124,6 +129,52 @@ def idle(args) -> dict:
             "chromium_all_pct_of_core": pct[2], "server_plus_renderer_pct": round(pct[0] + pct[1], 2)}
 
 
+def follow(args) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from studio import spec as specmod
+
+    server = Server(Path(args.tree), args.port)
+    run = server.work / "runs" / "followed"
+    run.mkdir(parents=True)
+    specmod.dump(specmod.load(None, [f"output_dir={run}", *SPEC]), run / "spec.yaml")
+    holder = subprocess.Popen(["sleep", "100000"], start_new_session=True)  # the job's process group, alive while followed
+    (run / "job.json").write_text(json.dumps({"pid": holder.pid, "pgid": holder.pid, "argv": ["sleep"], "started": time.time()}))
+    events = open(run / "events.jsonl", "a")
+
+    def emit(**e) -> None:
+        events.write(json.dumps({"t": time.time(), **e}) + "\n")
+        events.flush()
+
+    try:
+        emit(event="start", task="train", total_steps=100_000)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server.url)
+            page.wait_for_selector("#progress [data-status='running']", timeout=120_000)
+            server.helpers_done()
+            time.sleep(5)
+            srv, chrome = psutil.Process(server.proc.pid), ours_chromium()
+            rend = renderers(chrome)
+            before, t0, step = (cpu([srv]), cpu(rend), cpu(chrome)), time.time(), 0
+            while time.time() - t0 < args.seconds:
+                step += 1
+                emit(event="log", step=step, total_steps=100_000, loss=2.0 - step / 1000, learning_rate=1e-4, epoch=step / 100,
+                     tokens_per_second=1000.0, eta_s=1000)
+                time.sleep(1)
+            after, wall = (cpu([srv]), cpu(rend), cpu(chrome)), time.time() - t0
+            points = page.locator("#progress [data-points]").get_attribute("data-points")
+            browser.close()
+    finally:
+        holder.kill()
+        events.close()
+        server.close()
+    pct = [round(100 * (a - b) / wall, 2) for a, b in zip(after, before)]
+    return {"tree": str(args.tree), "seconds": round(wall, 1), "steps_written": step, "points_shown": int(points or 0),
+            "server_pct_of_core": pct[0], "renderer_pct_of_core": pct[1], "chromium_all_pct_of_core": pct[2]}
+
+
 def step_time(run_dir: Path) -> dict:
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()]
     logs = [e for e in events if e["event"] == "log"]
@@ -208,7 +259,7 @@ def steps(args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["idle", "steps"])
+    p.add_argument("what", choices=["idle", "steps", "follow"])
     p.add_argument("--tree", default=str(ROOT), help="the checkout whose studio is served")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--model", default="default")
@@ -217,7 +268,7 @@ def main() -> int:
     p.add_argument("--port", type=int, default=7897)
     args = p.parse_args()
     load = os.getloadavg()
-    result = idle(args) if args.what == "idle" else steps(args)
+    result = {"idle": idle, "steps": steps, "follow": follow}[args.what](args)
     result.update(load_average_before=load, load_average_after=os.getloadavg(), cpus=os.cpu_count())
     print(json.dumps(result, indent=2))
     return 0
