@@ -58,7 +58,7 @@ def test_every_field_has_help():
     def walk(cls, prefix=""):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{prefix}{f.name} has no help"
-            tp = specmod._hints(cls)[f.name]
+            tp = specmod.type_hints(cls)[f.name]
             if specmod._is_section(tp):
                 walk(tp, f"{prefix}{f.name}.")
 

@@ -58,14 +58,15 @@ def key(spec, extra: dict | None, limit: int) -> tuple[str, bool]:
         info = registry.read_info(d.dataset_dir)
     except DataError:
         info, local = {}, False
+    known = {**info, **(extra or {})}  # the registry's entries, and the ones the page is about to add
     for n in d.dataset:
         try:
-            path = registry.entry(d.dataset_dir, n, {**info, **(extra or {})}).path
+            path = registry.entry(d.dataset_dir, n, known).path
         except DataError:
             path = None
         found = path is not None and path.exists()
         local = local and found
-        parts.append([n, (extra or {}).get(n) or info.get(n), _files(path) if found else None])
+        parts.append([n, known.get(n), _files(path) if found else None])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest(), local
 
 

@@ -11,7 +11,7 @@ overrides and coercion; rules.py: validation.
 """
 from studio.spec.fields import *  # noqa: F401,F403  SpecError and the choice lists
 from studio.spec.io import (  # noqa: F401
-    _hints, _is_section, dump, dumps, field_help, field_info, flatten, from_dict, get, load, merge, parse_overrides,
+    type_hints, _is_section, dump, dumps, field_help, field_info, flatten, from_dict, get, load, merge, parse_overrides,
     read_yaml, to_dict,
 )
 from studio.spec.sections import *  # noqa: F401,F403  JobSpec and its sections

@@ -21,7 +21,7 @@ def _is_section(tp) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _hints(cls) -> dict:
+def type_hints(cls) -> dict:
     """The section's field types (evaluated once per class: evaluating the annotations was half of a spec load)."""
     return typing.get_type_hints(cls)
 
@@ -87,7 +87,7 @@ def from_dict(cls, data: dict | None, prefix: str = ""):
     data = data or {}
     if not isinstance(data, dict):
         raise SpecError(f"{prefix.rstrip('.') or 'spec'}: expected a mapping of fields, got {data!r}")
-    hints = _hints(cls)
+    hints = type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -194,7 +194,7 @@ def field_info(dotted: str) -> dict:
         f = next((x for x in dataclasses.fields(cls) if x.name == part), None)
         if f is None:
             raise KeyError(dotted)
-        cls = _hints(cls)[part]
+        cls = type_hints(cls)[part]
     return {"help": f.metadata.get("help", ""), "choices": f.metadata.get("choices"), "default": _default_of(dotted)}
 
 

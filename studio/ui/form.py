@@ -26,7 +26,7 @@ def field_type(dotted: str) -> tuple[type, bool]:
     """(base type, optional) of a spec field; Union[str, list] gives `list` text that may be a single word."""
     cls, tp = specmod.JobSpec, None
     for part in dotted.split("."):
-        tp = specmod._hints(cls)[part]
+        tp = specmod.type_hints(cls)[part]
         cls = tp
     optional = False
     if typing.get_origin(tp) in (Union, types.UnionType):
