@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from test_ui_browser import CHROMIUM, followed_run, page, pick, progress, server, start_tiny_run, wait_status  # noqa: F401
+from test_ui_browser import CHROMIUM, DRAWN, followed_run, page, pick, progress, server, start_tiny_run, wait_status  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 
@@ -39,8 +39,8 @@ def test_dpo_on_the_page_shows_its_fields_fitting_data_and_margins(server, page,
     run = followed_run(workdir, set())
     wait_status(pg, ("done", "error", "crashed"), 600)
     assert progress(pg)["status"] == "done", pg.inner_text("#final")
-    pg.wait_for_selector("#stage-plot svg .role-axis", timeout=30_000)
-    legend = pg.inner_text("#stage-plot")
+    pg.wait_for_selector(DRAWN % "stage-plot", timeout=30_000)
+    legend = pg.locator("#stage-plot .st-legend").all_text_contents()
     assert "rewards/margins" in legend and "rewards/accuracies" in legend, legend
     spec = (run / "spec.yaml").read_text()
     assert "stage: dpo" in spec and "identity_pairs" in spec

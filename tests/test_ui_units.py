@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from studio import spec as specmod
-from studio.ui import form, jobs, monitor
+from studio.ui import chart, form, jobs, monitor
 from studio.ui.serve import check_access
 from studio.run import status as runs
 
@@ -85,6 +85,21 @@ def test_monitor_reads_partial_lines(tmp_path):
     assert monitor.lr_curve(state["events"])["learning_rate"].tolist() == [0.001]
     html = monitor.progress_html(state["events"], "running", str(tmp_path))
     assert "step 1/4" in html and "loss 2.5000" in html and "width:25.0%" in html
+
+
+def test_chart_draws_each_series_on_round_ticks_and_leaves_out_non_finite_values():
+    assert chart.ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert chart.ticks(1, 3, min_step=1) == [1, 2, 3]  # steps are whole numbers
+    assert chart.ticks(9e-5, 1.01e-3) == [0.0002, 0.0004, 0.0006, 0.0008, 0.001]
+    evs = [{"event": "log", "step": i, "loss": loss} for i, loss in ((1, 2.5), (2, float("nan")), (3, 1.5))]
+    evs.append({"event": "eval", "step": 3, "eval_loss": 1.75})
+    svg = chart.svg(monitor.curves(evs), "step", "value", "series", "loss <b>", "loss")
+    assert "data-points='3'" in svg and "loss &lt;b&gt;" in svg  # the NaN is left out; text is escaped
+    assert svg.count("<polyline") == 2 and "data-series='eval_loss'" in svg and "loss: 1.5 at step 3" in svg
+    ys = [float(t.split("'")[0]) for t in svg.split("<circle cx='")[1:] for t in [t.split("cy='")[1]]]
+    assert ys[0] < ys[1]  # the higher loss is drawn higher up: y grows downwards in SVG
+    empty = chart.svg(None, "step", "value", title="loss")
+    assert "data-points='0'" in empty and "no points yet" in empty
 
 
 def test_monitor_final_messages(tmp_path):

@@ -25,7 +25,7 @@ import gradio as gr
 from studio.model import models
 from studio.run import status as runs
 from studio.data.templates import NAMES as TEMPLATES
-from studio.ui import form
+from studio.ui import chart, form
 
 TABS = ["studio.ui.train_tab", "studio.ui.evaluate_tab", "studio.ui.chat_tab", "studio.ui.export_tab", "studio.ui.data_tab"]
 
@@ -118,7 +118,7 @@ CSS = """
 .st-tok .t {background: rgba(22, 163, 74, 0.22); border-bottom: 2px solid #16a34a}
 .st-tok .cut {color: #dc2626; font-weight: 600}
 .st-meta {font-size: 0.8em; color: var(--neutral-500)}
-"""
+""" + chart.CSS
 
 
 def launch_kwargs() -> dict:

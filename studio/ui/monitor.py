@@ -4,7 +4,7 @@ The follow state is a plain dict kept in a gr.State (one per browser tab):
 
     state = follow("runs/x")            # {"run": "runs/x", "offset": 0, "events": [], "log": ""}
     state, new = advance(state)         # reads complete new lines of events.jsonl (a half-written line waits)
-    curves(state["events"])             # DataFrame step, value, series (loss, eval_loss) for gr.LinePlot
+    curves(state["events"])             # DataFrame step, value, series (loss, eval_loss), drawn by chart.svg
 """
 from __future__ import annotations
 
@@ -46,11 +46,6 @@ def curves(events: list[dict], run: str | None = None) -> pd.DataFrame:
     if run is not None:
         df["series"] = run + ": " + df["series"]
     return df
-
-
-def plot(df: pd.DataFrame) -> pd.DataFrame | None:
-    """What a gr.LinePlot gets: None for no points (an empty frame leaves a colored plot blank for good in gradio 6.31)."""
-    return None if df.empty else df
 
 
 def lr_curve(events: list[dict]) -> pd.DataFrame:

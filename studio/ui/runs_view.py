@@ -13,8 +13,9 @@ from studio.launch import queue, sweep
 from studio.run import events as ev
 from studio.run import status as runs
 from studio import spec as specmod
-from studio.ui import monitor
+from studio.ui import chart, monitor
 
+PLOT_TITLE = "loss of the selected runs"
 COLUMNS = ["run", "status", "model", "datasets", "method", "started", "steps", "last loss", "resume"]
 
 
@@ -102,6 +103,10 @@ def overlay(run_dirs: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else monitor.curves([])
 
 
+def loss_chart(df: pd.DataFrame) -> str:
+    return chart.svg(df, "step", "value", "series", PLOT_TITLE, "loss")
+
+
 def build(ctx, follow_state):
     """The runs list; Follow puts a run in `follow_state`. Returns the list and the Follow event (the monitor chains
     its watch to it)."""
@@ -116,8 +121,8 @@ def build(ctx, follow_state):
     resume_note = gr.Markdown("", elem_id="resume-note")
     listing = gr.Dataframe(value=table(runs_root), headers=COLUMNS, interactive=False, elem_id="runs-table", max_height=320)
     with gr.Row():
-        plot = gr.LinePlot(x="step", y="value", color="series", title="loss of the selected runs", height=280, scale=2,
-                           elem_id="runs-plot")
+        with gr.Column(scale=2):
+            plot = gr.HTML(chart.svg(None, "step", "value", title=PLOT_TITLE), elem_id="runs-plot")
         diff = gr.Dataframe(value=pd.DataFrame(columns=["field"]), label="spec fields that differ", interactive=False, scale=1, elem_id="runs-diff")
     with gr.Accordion("compare a sweep", open=True):
         sweep_pick = gr.Dropdown(choices=[], value=None, label="sweep folder", elem_id="sweep-pick",
@@ -177,12 +182,12 @@ def build(ctx, follow_state):
     def on_pick(selected):
         dirs = [runs_root / s for s in selected or [] if (runs_root / s).is_dir()]
         if not dirs:
-            return None, pd.DataFrame(columns=["field"]), "", ""
+            return chart.svg(None, "step", "value", title=PLOT_TITLE), pd.DataFrame(columns=["field"]), "", ""
         if len(dirs) == 1:
             events = ev.read_all(dirs[0])
             spec_text = (dirs[0] / "spec.yaml").read_text() if (dirs[0] / "spec.yaml").exists() else ""
-            return monitor.plot(monitor.curves(events, run=dirs[0].name)), pd.DataFrame(columns=["field"]), monitor.log_tail(dirs[0], 20_000), spec_text
-        return monitor.plot(overlay(dirs)), differing(dirs), "", ""
+            return loss_chart(monitor.curves(events, run=dirs[0].name)), pd.DataFrame(columns=["field"]), monitor.log_tail(dirs[0], 20_000), spec_text
+        return loss_chart(overlay(dirs)), differing(dirs), "", ""
 
     pick.change(on_pick, pick, [plot, diff, log, spec_box])
 

@@ -17,7 +17,7 @@ from studio.run import status as runs
 from studio import spec as specmod
 from studio.data import registry, registry_scan
 from studio.errors import is_user_error
-from studio.ui import dataset_view, form, jobs, launch_fields, monitor, runs_view, stage_fields
+from studio.ui import chart, dataset_view, form, jobs, launch_fields, monitor, runs_view, stage_fields
 
 TITLE = "Train"
 
@@ -161,11 +161,12 @@ def build(ctx) -> None:
     progress = gr.HTML(monitor.progress_html([], "", None), elem_id="progress")
     final = gr.Markdown(elem_id="final")  # the outcome: metrics, or the error and the end of the log
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="loss", height=280, elem_id="loss-plot",
-                                x_title="step", y_title="loss", scale=2)
-        lr_plot = gr.LinePlot(x="step", y="learning_rate", title="learning rate", height=280, elem_id="lr-plot", scale=1)
-        stage_plot = gr.LinePlot(x="step", y="value", color="series", title="rewards and margins", height=280,
-                                 elem_id="stage-plot", x_title="step", y_title="value", scale=2)
+        with gr.Column(scale=2, min_width=240):  # a gr.HTML takes no scale of its own
+            loss_plot = gr.HTML(chart.svg(None, "step", "value", title="loss", width=500), elem_id="loss-plot")
+        with gr.Column(scale=1, min_width=160):
+            lr_plot = gr.HTML(chart.svg(None, "step", "learning_rate", title="learning rate", width=260), elem_id="lr-plot")
+        with gr.Column(scale=2, min_width=240):
+            stage_plot = gr.HTML(chart.svg(None, "step", "value", title="rewards and margins", width=500), elem_id="stage-plot")
     samples = gr.HTML("", elem_id="grpo-samples")  # GRPO: the latest completions and their rewards
     with gr.Accordion("output.log", open=False) as log_group:
         log_box = gr.Textbox(lines=14, max_lines=14, autoscroll=True, show_label=False, elem_id="log")
@@ -271,12 +272,13 @@ def build(ctx) -> None:
         redraw = finished or (new_points and time.time() - st.get("plotted", 0) >= PLOT_EVERY)
         plots = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
         if redraw:  # of the curves and the samples, only those that differ from what the page shows are sent
-            new = (monitor.plot(monitor.curves(evs)), monitor.plot(monitor.lr_curve(evs)), monitor.plot(stage_fields.curves(evs)),
+            new = (chart.svg(monitor.curves(evs), "step", "value", "series", "loss", "loss", width=500),
+                   chart.svg(monitor.lr_curve(evs), "step", "learning_rate", title="learning rate", width=260),
+                   chart.svg(stage_fields.curves(evs), "step", "value", "series", "rewards and margins", width=500),
                    stage_fields.samples_html(evs))
-            marks = tuple(v if isinstance(v, str) else 0 if v is None else len(v) for v in new)
             shown = st.get("shown") or (None,) * len(new)
-            plots = tuple(v if m != old else gr.skip() for v, m, old in zip(new, marks, shown))
-            st = {**st, "drawn": len(evs), "plotted": time.time(), "shown": marks}
+            plots = tuple(v if v != old else gr.skip() for v, old in zip(new, shown))
+            st = {**st, "drawn": len(evs), "plotted": time.time(), "shown": new}
         final_text = monitor.final_message(evs, status, run) if finished else ""  # sent when it changes, as the curves
         final_out = final_text if st.get("final") != final_text else gr.skip()
         st = {**st, "final": final_text}
