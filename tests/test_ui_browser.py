@@ -287,3 +287,13 @@ def test_preview_and_register_a_dataset(server, page, tmp_path):
     assert (workdir / "data" / "faq.jsonl").read_text() == upload.read_text()
     assert list((workdir / ".studio" / "uploads").rglob("faq.jsonl"))  # gradio's own copy stays in the working folder too
     choose(pg, "f-data-dataset", "faq")  # the new entry is offered at once
+    # at rest, every tab visited, the page sends the server nothing: a timer ticks only while the job it follows runs
+    for tab in ("Evaluate & Predict", "Chat", "Export", "Data", "Train"):
+        pg.get_by_role("tab", name=tab).click()
+        if tab == "Chat":
+            pg.click("#chat-api")  # the API panel's server status
+    pg.wait_for_timeout(1500)  # the events that visiting a tab starts are over
+    sent = []
+    pg.on("request", lambda r: sent.append(r.url) if "/queue/" in r.url else None)
+    pg.wait_for_timeout(5000)
+    assert sent == [], sent

@@ -33,25 +33,34 @@ def server_spec(workdir: Path, runs_root: Path, model: str | None, adapter: str 
 
 
 def status(run_dir: str | None) -> str:
+    return view(run_dir)[0]
+
+
+def view(run_dir: str | None) -> tuple[str, bool]:
+    """The status line of the server started from the page, and whether it still runs."""
     if not run_dir:
-        return "<div id='serve-status'>No server started from this page.</div>"
+        return "<div id='serve-status'>No server started from this page.</div>", False
     events = ev.read_all(run_dir)
     last = ev.final(events)
     start = next((e for e in events if e["event"] == "start"), None)
     stats = next((e for e in reversed(events) if e["event"] == "stats"), None)
+    state = runs.status(run_dir, events)
     if last is not None:
         why = f": {last.get('message')}" if last["event"] == "error" else f" after {last.get('requests', 0)} request(s)"
         text = f"server {'failed' if last['event'] == 'error' else 'stopped'}{why}"
+    elif state == "queued":
+        text = "waiting for its devices (queued)"
+    elif state != "running":
+        text, start = "the server ended without a word; see its output.log", None
     elif start is not None:
         text = f"serving {', '.join(start['models'])} at <code>{start['url']}</code>"
         if stats:
             text += f" · {stats['requests']} request(s), {stats['tokens_per_second']} tokens/s"
-    elif runs.is_running(run_dir):
-        text = "loading the model ..."
     else:
-        text = "the server ended without a word; see its output.log"
+        text = "loading the model ..."
     kind = "error" if last is not None and last["event"] == "error" else "info"
-    return f"<div id='serve-status' data-kind='{kind}'>{text if start else html.escape(text)} <small>({html.escape(str(run_dir))})</small></div>"
+    return (f"<div id='serve-status' data-kind='{kind}'>{text if start else html.escape(text)} "
+            f"<small>({html.escape(str(run_dir))})</small></div>"), state in ("running", "queued")
 
 
 def build(ctx) -> None:
@@ -66,20 +75,25 @@ def build(ctx) -> None:
         stop = gr.Button("Stop server", elem_id="serve-stop", scale=0, min_width=130)
         shown = gr.HTML(status(None), elem_id="serve-status-box")
     run_dir = gr.State("")
+    timer = gr.Timer(2.0, active=False)  # ticks only while the server started here runs: an idle page sends nothing
 
     def on_start(model, adapter, p):
         try:
             spec = server_spec(ctx.workdir, ctx.runs_root, model, adapter, p)
-            return str(jobs.start(spec, ctx.workdir, ctx.runs_root)), gr.update()
+            return str(jobs.start(spec, ctx.workdir, ctx.runs_root)), gr.update(), gr.Timer(active=True)
         except Exception as e:
             msg = str(e) if is_user_error(e) else f"{type(e).__name__}: {e}"
-            return "", f"<div id='serve-status' data-kind='error'>{html.escape(msg)}</div>"
+            return "", f"<div id='serve-status' data-kind='error'>{html.escape(msg)}</div>", gr.skip()
 
     def on_stop(d):
         if d:
             jobs.stop(d)
         return status(d)
 
-    start.click(on_start, [ctx.top["model.name_or_path"], ctx.top["model.adapter"], port], [run_dir, shown])
+    def on_tick(d, last):
+        now, running = view(d)
+        return (now if now != last else gr.skip()), (gr.skip() if running else gr.Timer(active=False))
+
+    start.click(on_start, [ctx.top["model.name_or_path"], ctx.top["model.adapter"], port], [run_dir, shown, timer])
     stop.click(on_stop, run_dir, shown)
-    gr.Timer(2.0).tick(lambda d: status(d) if d else gr.update(), run_dir, shown)
+    timer.tick(on_tick, [run_dir, shown], [shown, timer], show_progress="hidden")
