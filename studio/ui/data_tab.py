@@ -17,7 +17,7 @@ from studio import spec as specmod
 from studio.data import registry
 from studio.errors import is_user_error
 from studio.generate import store
-from studio.ui import form, jobs, monitor
+from studio.ui import form, jobs, monitor, watch
 
 TITLE = "Data"
 FIELDS = ["generate.mode", "generate.output_dataset", "generate.num_instructions", "generate.batch_size",
@@ -119,11 +119,10 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, f"Error: {e}", gr.skip(), gr.skip()
-        return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", "", gr.Timer(active=True)
+            return st, f"Error: {e}", gr.skip()
+        return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", ""
 
-    timer = gr.Timer(1.0, active=False)  # ticks only while the followed generation runs, as the other tabs' monitors
-    start_btn.click(on_start, {source, state, *inputs.values(), *top.values()}, [state, message, result, timer])
+    started = start_btn.click(on_start, {source, state, *inputs.values(), *top.values()}, [state, message, result])
 
     def on_abort(st):
         if not st.get("run") or not runs.is_running(st["run"]):
@@ -133,15 +132,16 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def on_tick(st):
+    def draw(st, session):
         jobs.reap()
         st, changed, status = monitor.tick(st)
-        keep = gr.skip() if status in ("running", "queued") else gr.Timer(active=False)
+        ended = status not in ("running", "queued")
         if not changed:
-            return st, gr.skip(), gr.skip(), gr.skip(), gr.skip(), keep
+            return st, ended, (gr.skip(),) * 4
         finished = status in ("done", "error", "aborted", "crashed")
         k, d = tables(st["run"])
-        return (st, progress_html(st["events"], status, st["run"]),
-                result_markdown(st["events"], status, st["run"]) if finished else "", k, d, keep)
+        return st, ended, (progress_html(st["events"], status, st["run"]),
+                           result_markdown(st["events"], status, st["run"]) if finished else "", k, d)
 
-    timer.tick(on_tick, state, [state, progress, result, kept, dropped, timer], show_progress="hidden")
+    started.then(watch.watcher(draw), state, [state, progress, result, kept, dropped], show_progress="hidden",
+                 concurrency_limit=None)

@@ -21,7 +21,7 @@ from studio.evaluate import predictions
 from studio.run import status as runs
 from studio import spec as specmod
 from studio.errors import is_user_error
-from studio.ui import form, jobs
+from studio.ui import form, jobs, monitor, watch
 
 TITLE = "Evaluate & Predict"
 
@@ -261,11 +261,10 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, f"Error: {e}", gr.skip()
-        return {"run": str(run_dir), "offset": 0, "events": [], "status": None}, f"Started `{spec.output_dir}`", gr.Timer(active=True)
+            return st, f"Error: {e}"
+        return monitor.follow(run_dir), f"Started `{spec.output_dir}`"
 
-    timer = gr.Timer(1.0, active=False)  # ticks only while the followed evaluation runs
-    start_btn.click(on_start, {*ctx.top.values(), *fields.values(), state}, [state, message, timer])
+    started = start_btn.click(on_start, {*ctx.top.values(), *fields.values(), state}, [state, message])
 
     def on_abort(st):
         if not st.get("run") or not runs.is_running(st["run"]):
@@ -275,26 +274,21 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def on_tick(st, model, sort_by, text, a, b):
-        if not st.get("run"):
-            return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs) + (gr.Timer(active=False),)
-        new, offset = ev.read(st["run"], st["offset"])
-        status = st.get("status")
-        if status not in ev.FINAL:
-            status = runs.status(st["run"], st["events"] + new)
-        keep = (gr.skip() if status in ("running", "queued") else gr.Timer(active=False),)
-        if not new and status == st.get("status"):
-            return (st, gr.skip(), gr.skip(), gr.skip()) + (gr.skip(),) * len(view_outputs) + keep
-        st = {**st, "offset": offset, "events": st["events"] + new, "status": status}
+    def draw(st, session):
+        jobs.reap()
+        st, changed, status = monitor.tick(st)
+        ended = status not in ("running", "queued")
+        if not changed:
+            return st, ended, (gr.skip(),) * 3
         finished = status in (*ev.FINAL, "crashed")
         result = predictions.load_results(st["run"]) if status == "done" else None
-        view = show(st["run"], model, sort_by, text, a, b) if status == "done" else (gr.skip(),) * len(view_outputs)
         opened_update = gr.update(choices=eval_runs(runs_root), value=st["run"]) if status == "done" else gr.skip()
-        return (st, progress_html(st["events"], status, st["run"]), summary_md(result, status, st["run"], st["events"]) if finished else "",
-                opened_update) + tuple(view) + keep
+        return st, ended, (progress_html(st["events"], status, st["run"]),
+                           summary_md(result, status, st["run"], st["events"]) if finished else "", opened_update)
 
-    timer.tick(on_tick, [state, model_pick, sort, search, lo, hi], [state, progress, summary, opened] + view_outputs + [timer],
-               show_progress="hidden")
+    # the evaluation is followed until it ends; then its predictions are shown (the one that ended is opened)
+    started.then(watch.watcher(draw), state, [state, progress, summary, opened], show_progress="hidden",
+                 concurrency_limit=None).then(show, view_inputs, view_outputs)
 
     def on_refresh():
         found = registry.names(workdir / "data") if (workdir / "data").is_dir() else []

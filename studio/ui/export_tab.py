@@ -14,7 +14,7 @@ from studio.run import events as ev
 from studio.run import status as runs
 from studio import spec as specmod
 from studio.errors import is_user_error
-from studio.ui import form, jobs, monitor
+from studio.ui import form, jobs, monitor, watch
 
 TITLE = "Export"
 FIELDS = ["export.dtype", "export.max_shard_size", "export.verify", "export.overwrite"]
@@ -139,11 +139,11 @@ def build(ctx) -> None:
         except Exception as e:
             if not is_user_error(e):
                 raise
-            return st, f"Error: {e}", gr.skip(), gr.skip()
-        return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", "", gr.Timer(active=True)
+            return st, f"Error: {e}", gr.skip()
+        return monitor.follow(run_dir), f"Started `{spec.output_dir}` (log: `{spec.output_dir}/output.log`)", ""
 
-    timer = gr.Timer(1.0, active=False)  # ticks only while the followed export runs
-    start_btn.click(on_start, {source, ctx.top["model.name_or_path"], export_dir, gguf, state, *fields.values()}, [state, message, result, timer])
+    started = start_btn.click(on_start, {source, ctx.top["model.name_or_path"], export_dir, gguf, state, *fields.values()},
+                              [state, message, result])
 
     def on_abort(st):
         if not st.get("run") or not runs.is_running(st["run"]):
@@ -153,13 +153,14 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def on_tick(st):
+    def draw(st, session):
         jobs.reap()
         st, changed, status = monitor.tick(st)
-        keep = gr.skip() if status in ("running", "queued") else gr.Timer(active=False)
+        ended = status not in ("running", "queued")
         if not changed:
-            return st, gr.skip(), gr.skip(), keep
+            return st, ended, (gr.skip(), gr.skip())
         finished = status in ("done", "error", "aborted", "crashed")
-        return st, progress_html(st["events"], status, st["run"]), result_markdown(st["events"], status, st["run"]) if finished else "", keep
+        return st, ended, (progress_html(st["events"], status, st["run"]),
+                           result_markdown(st["events"], status, st["run"]) if finished else "")
 
-    timer.tick(on_tick, state, [state, progress, result, timer], show_progress="hidden")
+    started.then(watch.watcher(draw), state, [state, progress, result], show_progress="hidden", concurrency_limit=None)

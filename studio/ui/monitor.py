@@ -137,7 +137,7 @@ def final_message(events: list[dict], status: str, run_dir: str | Path) -> str:
 
 
 def tick(state: dict) -> tuple[dict, bool, str]:
-    """One timer tick: (state, changed, status). The status is re-derived only while the run is not finished."""
+    """One read of the followed run: (state, changed, status). The status is re-derived only while the run is not finished."""
     if not state.get("run"):
         return state, False, ""
     state, new = advance(state)

@@ -67,33 +67,32 @@ def build(ctx) -> None:
     import gradio as gr
 
     from studio.errors import is_user_error
-    from studio.ui import jobs
+    from studio.ui import jobs, watch
 
     with gr.Row(equal_height=True):
         port = gr.Number(value=8000, precision=0, label="port", elem_id="serve-port", scale=0, min_width=110)
         start = gr.Button("Start server", elem_id="serve-start", scale=0, min_width=130)
         stop = gr.Button("Stop server", elem_id="serve-stop", scale=0, min_width=130)
         shown = gr.HTML(status(None), elem_id="serve-status-box")
-    run_dir = gr.State("")
-    timer = gr.Timer(2.0, active=False)  # ticks only while the server started here runs: an idle page sends nothing
+    followed = gr.State({"run": None})  # the server started from this page
 
     def on_start(model, adapter, p):
         try:
             spec = server_spec(ctx.workdir, ctx.runs_root, model, adapter, p)
-            return str(jobs.start(spec, ctx.workdir, ctx.runs_root)), gr.update(), gr.Timer(active=True)
+            return {"run": str(jobs.start(spec, ctx.workdir, ctx.runs_root))}, gr.update()
         except Exception as e:
             msg = str(e) if is_user_error(e) else f"{type(e).__name__}: {e}"
-            return "", f"<div id='serve-status' data-kind='error'>{html.escape(msg)}</div>", gr.skip()
+            return {"run": None}, f"<div id='serve-status' data-kind='error'>{html.escape(msg)}</div>"
 
-    def on_stop(d):
-        if d:
-            jobs.stop(d)
-        return status(d)
+    def on_stop(st):
+        if st.get("run"):
+            jobs.stop(st["run"])
+        return status(st.get("run"))
 
-    def on_tick(d, last):
-        now, running = view(d)
-        return (now if now != last else gr.skip()), (gr.skip() if running else gr.Timer(active=False))
+    def draw(st, session):
+        now, running = view(st["run"])
+        return {**st, "shown": now}, not running, (now if now != st.get("shown") else gr.skip(),)
 
-    start.click(on_start, [ctx.top["model.name_or_path"], ctx.top["model.adapter"], port], [run_dir, shown, timer])
-    stop.click(on_stop, run_dir, shown)
-    timer.tick(on_tick, [run_dir, shown], [shown, timer], show_progress="hidden")
+    started = start.click(on_start, [ctx.top["model.name_or_path"], ctx.top["model.adapter"], port], [followed, shown])
+    started.then(watch.watcher(draw), followed, [followed, shown], show_progress="hidden", concurrency_limit=None)
+    stop.click(on_stop, followed, shown)

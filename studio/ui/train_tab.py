@@ -17,7 +17,7 @@ from studio.run import status as runs
 from studio import spec as specmod
 from studio.data import registry, registry_scan
 from studio.errors import is_user_error
-from studio.ui import chart, dataset_view, form, jobs, launch_fields, monitor, runs_view, stage_fields
+from studio.ui import chart, dataset_view, form, jobs, launch_fields, monitor, runs_view, stage_fields, watch
 
 TITLE = "Train"
 
@@ -50,8 +50,6 @@ DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_l
             "train.warmup_ratio=0.05", "train.save_steps=10"]
 SPEC_DIR = "specs"
 PLOT_EVERY = 5.0  # seconds between redraws of the loss and learning-rate curves of a running job
-WATCH_EVERY = 3.0  # seconds between two reads of a followed run's folder
-HEARTBEAT = 30.0  # a watch that found nothing new sends an empty update this often: a closed tab's watch then ends
 
 
 def default_spec() -> specmod.JobSpec:
@@ -154,10 +152,8 @@ def build(ctx) -> None:
 
     gr.Markdown("### Run monitor")
     state = gr.State(monitor.follow(None))
-    # a followed run is drawn by one long event (`watch`) that sends the page only what changed, until the run ends:
-    # an idle page sends no request at all, and a run costs the browser one update every WATCH_EVERY s, not one event
+    # a followed run is drawn by one long event (ui/watch.py) that sends the page only what changed, until the run ends
     open_logs: set[str] = set()  # the browser sessions whose output.log section is open
-    watching: dict[str, object] = {}  # a browser session -> its watch (a newer watch ends the one before)
     progress = gr.HTML(monitor.progress_html([], "", None), elem_id="progress")
     final = gr.Markdown(elem_id="final")  # the outcome: metrics, or the error and the end of the log
     with gr.Row():
@@ -251,14 +247,14 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def draw(st, show_log):
+    def draw(st, session):
         """What changed in the followed run since `st`: (state, whether it has ended, updates of drawn[1:])."""
         jobs.reap()
         was = st.get("status")
         st, changed, status = monitor.tick(st)
         ended = status not in ("running", "queued")  # a finished run is drawn once more, then the watch ends
         log = gr.skip()
-        if show_log:  # the log box is sent only while its section is open, and only when output.log grew
+        if session in open_logs:  # the log box is sent only while its section is open, and only when output.log grew
             size = monitor.log_size(st["run"])
             if size != st.get("log_size"):
                 st, log = {**st, "log_size": size}, monitor.log_tail(st["run"])
@@ -287,24 +283,7 @@ def build(ctx) -> None:
 
     drawn = [state, progress, loss_plot, lr_plot, final, log_box, table, stage_plot, samples]
 
-    def watch(st, request: gr.Request):
-        """Follow the run in `st` until it ends: one event for the whole run (each event costs the browser more than
-        the updates it carries), sending only what changed, every WATCH_EVERY s."""
-        me, sent = object(), time.time()
-        watching[request.session_hash] = me
-        while st.get("run") and watching.get(request.session_hash) is me:
-            st, ended, updates = draw(st, request.session_hash in open_logs)
-            news = any(not (isinstance(u, dict) and u == gr.skip()) for u in updates)
-            if watching.get(request.session_hash) is not me:
-                break
-            if ended or news or time.time() - sent >= HEARTBEAT:
-                sent = time.time()
-                yield st, *updates
-            if ended:
-                break
-            time.sleep(WATCH_EVERY)
-        if watching.get(request.session_hash) is me:
-            del watching[request.session_hash]
+    watch_run = watch.watcher(draw)
 
     def on_log_open(st, request: gr.Request):
         open_logs.add(request.session_hash)  # a running watch sends the log from now on, when it grows
@@ -327,4 +306,4 @@ def build(ctx) -> None:
     loaded = ctx.demo.load(on_load_page, [state] + ds_inputs, [state] + ds_outputs)
     # each follow starts a watch (the page's load draws a followed run once, and goes on if it runs)
     for event in (started, followed, loaded):
-        event.then(watch, state, drawn, show_progress="hidden", concurrency_limit=None)
+        event.then(watch_run, state, drawn, show_progress="hidden", concurrency_limit=None)
