@@ -287,7 +287,7 @@ def test_preview_and_register_a_dataset(server, page, tmp_path):
     assert (workdir / "data" / "faq.jsonl").read_text() == upload.read_text()
     assert list((workdir / ".studio" / "uploads").rglob("faq.jsonl"))  # gradio's own copy stays in the working folder too
     choose(pg, "f-data-dataset", "faq")  # the new entry is offered at once
-    # at rest, every tab visited, the page sends the server nothing: a timer ticks only while the job it follows runs
+    # at rest, every tab visited, the page sends the server nothing: a tab reads a job only while it follows one that runs
     for tab in ("Evaluate & Predict", "Chat", "Export", "Data", "Train"):
         pg.get_by_role("tab", name=tab).click()
         if tab == "Chat":

@@ -38,7 +38,7 @@ def svg(df: pd.DataFrame | None, x: str, y: str, color: str | None = None, title
         width: int = 640) -> str:
     """The chart of df's y against x, one line per value of `color`; a titled empty frame when there are no points.
     width: the width to draw at, about the column's in pixels (the text is scaled with the chart)."""
-    rows = df[df[y].map(lambda v: math.isfinite(v))] if df is not None and not df.empty else None
+    rows = df[df[y].map(math.isfinite)] if df is not None and not df.empty else None
     head = f"<text x='{LEFT}' y='18' class='st-chart-title'>{html.escape(title)}</text>"
     if rows is None or rows.empty:
         return (f"<div class='st-chart' data-points='0'><svg viewBox='0 0 {width} {H}' role='img' aria-label='{html.escape(title)}'>"

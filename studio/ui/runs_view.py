@@ -15,7 +15,6 @@ from studio.run import status as runs
 from studio import spec as specmod
 from studio.ui import chart, monitor
 
-PLOT_TITLE = "loss of the selected runs"
 COLUMNS = ["run", "status", "model", "datasets", "method", "started", "steps", "last loss", "resume"]
 
 
@@ -103,8 +102,8 @@ def overlay(run_dirs: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else monitor.curves([])
 
 
-def loss_chart(df: pd.DataFrame) -> str:
-    return chart.svg(df, "step", "value", "series", PLOT_TITLE, "loss")
+def loss_chart(df: pd.DataFrame | None) -> str:
+    return chart.svg(df, "step", "value", "series", "loss of the selected runs", "loss")
 
 
 def build(ctx, follow_state):
@@ -122,7 +121,7 @@ def build(ctx, follow_state):
     listing = gr.Dataframe(value=table(runs_root), headers=COLUMNS, interactive=False, elem_id="runs-table", max_height=320)
     with gr.Row():
         with gr.Column(scale=2):
-            plot = gr.HTML(chart.svg(None, "step", "value", title=PLOT_TITLE), elem_id="runs-plot")
+            plot = gr.HTML(loss_chart(None), elem_id="runs-plot")
         diff = gr.Dataframe(value=pd.DataFrame(columns=["field"]), label="spec fields that differ", interactive=False, scale=1, elem_id="runs-diff")
     with gr.Accordion("compare a sweep", open=True):
         sweep_pick = gr.Dropdown(choices=[], value=None, label="sweep folder", elem_id="sweep-pick",
@@ -182,7 +181,7 @@ def build(ctx, follow_state):
     def on_pick(selected):
         dirs = [runs_root / s for s in selected or [] if (runs_root / s).is_dir()]
         if not dirs:
-            return chart.svg(None, "step", "value", title=PLOT_TITLE), pd.DataFrame(columns=["field"]), "", ""
+            return loss_chart(None), pd.DataFrame(columns=["field"]), "", ""
         if len(dirs) == 1:
             events = ev.read_all(dirs[0])
             spec_text = (dirs[0] / "spec.yaml").read_text() if (dirs[0] / "spec.yaml").exists() else ""
