@@ -172,6 +172,10 @@ class Teacher(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a job stopped mid-request hangs up: not an error here
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
