@@ -132,16 +132,9 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def draw(st, session):
-        jobs.reap()
-        st, changed, status = monitor.tick(st)
-        ended = status not in ("running", "queued")
-        if not changed:
-            return st, ended, (gr.skip(),) * 4
-        finished = status in ("done", "error", "aborted", "crashed")
+    def redraw(st, status, finished):
         k, d = tables(st["run"])
-        return st, ended, (progress_html(st["events"], status, st["run"]),
-                           result_markdown(st["events"], status, st["run"]) if finished else "", k, d)
+        return (progress_html(st["events"], status, st["run"]),
+                result_markdown(st["events"], status, st["run"]) if finished else "", k, d)
 
-    started.then(watch.watcher(draw), state, [state, progress, result, kept, dropped], show_progress="hidden",
-                 concurrency_limit=None)
+    watch.follow_job(started, state, [progress, result, kept, dropped], redraw)

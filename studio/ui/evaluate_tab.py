@@ -274,21 +274,14 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def draw(st, session):
-        jobs.reap()
-        st, changed, status = monitor.tick(st)
-        ended = status not in ("running", "queued")
-        if not changed:
-            return st, ended, (gr.skip(),) * 3
-        finished = status in (*ev.FINAL, "crashed")
+    def redraw(st, status, finished):
         result = predictions.load_results(st["run"]) if status == "done" else None
         opened_update = gr.update(choices=eval_runs(runs_root), value=st["run"]) if status == "done" else gr.skip()
-        return st, ended, (progress_html(st["events"], status, st["run"]),
-                           summary_md(result, status, st["run"], st["events"]) if finished else "", opened_update)
+        return (progress_html(st["events"], status, st["run"]),
+                summary_md(result, status, st["run"], st["events"]) if finished else "", opened_update)
 
     # the evaluation is followed until it ends; then its predictions are shown (the one that ended is opened)
-    started.then(watch.watcher(draw), state, [state, progress, summary, opened], show_progress="hidden",
-                 concurrency_limit=None).then(show, view_inputs, view_outputs)
+    watch.follow_job(started, state, [progress, summary, opened], redraw).then(show, view_inputs, view_outputs)
 
     def on_refresh():
         found = registry.names(workdir / "data") if (workdir / "data").is_dir() else []

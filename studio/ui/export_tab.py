@@ -153,14 +153,8 @@ def build(ctx) -> None:
 
     abort_btn.click(on_abort, state, message)
 
-    def draw(st, session):
-        jobs.reap()
-        st, changed, status = monitor.tick(st)
-        ended = status not in ("running", "queued")
-        if not changed:
-            return st, ended, (gr.skip(), gr.skip())
-        finished = status in ("done", "error", "aborted", "crashed")
-        return st, ended, (progress_html(st["events"], status, st["run"]),
-                           result_markdown(st["events"], status, st["run"]) if finished else "")
+    def redraw(st, status, finished):
+        return (progress_html(st["events"], status, st["run"]),
+                result_markdown(st["events"], status, st["run"]) if finished else "")
 
-    started.then(watch.watcher(draw), state, [state, progress, result], show_progress="hidden", concurrency_limit=None)
+    watch.follow_job(started, state, [progress, result], redraw)

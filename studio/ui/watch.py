@@ -6,12 +6,15 @@ EVERY seconds at most. Each event costs the browser more than the updates it car
 
     watch = watcher(draw)   # draw(st, session) -> (st, ended, updates), an update being gr.skip() where nothing changed
     start.click(on_start, ...).then(watch, state, [state, *drawn], show_progress="hidden", concurrency_limit=None)
+    follow_job(started, state, [progress, result], redraw)   # the same for a tab that redraws only on a change
 """
 from __future__ import annotations
 
 import time
 
 import gradio as gr
+
+from studio.ui import jobs, monitor
 
 EVERY = 3.0  # seconds between two reads of a followed run's folder
 HEARTBEAT = 30.0  # a watch that found nothing new sends an empty update this often: a closed tab's watch then ends
@@ -42,3 +45,17 @@ def watcher(draw, every: float = EVERY, heartbeat: float = HEARTBEAT):
                 del current[session]
 
     return watch
+
+
+def follow_job(event, state, outputs: list, redraw):
+    """After `event`, follow the job in `state` (a monitor.follow dict), calling redraw(st, status, finished) for the
+    updates of `outputs` only when its events or status changed. Returns the watch's event (to chain on its end)."""
+    def draw(st, session):
+        jobs.reap()
+        st, changed, status = monitor.tick(st)
+        ended = status not in ("running", "queued")
+        if not changed:
+            return st, ended, (gr.skip(),) * len(outputs)
+        return st, ended, redraw(st, status, status in ("done", "error", "aborted", "crashed"))
+
+    return event.then(watcher(draw), state, [state, *outputs], show_progress="hidden", concurrency_limit=None)
