@@ -399,7 +399,7 @@ def test_export_tab_in_browser(lora_run, tmp_path):
                 pg.goto(f"http://127.0.0.1:{port}/")
                 pg.get_by_role("tab", name="Export").click()
                 pg.locator("#export-source input").first.click()
-                pg.locator("[role=option][aria-label='tiny_lora (sft/lora, done)']").first.click()
+                pg.locator("#export-source [role=option][aria-label='tiny_lora (sft/lora, done)']").click()
                 pg.keyboard.press("Escape")
                 pg.locator("#f-export-gguf").get_by_label("q8_0").uncheck()
                 pg.locator("#export-start").click()

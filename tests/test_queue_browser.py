@@ -49,7 +49,7 @@ def test_page_shows_the_queue_and_a_sweep_and_a_killed_page_changes_nothing(serv
 
         choose_single = pg.locator("#sweep-pick input").first
         choose_single.click()
-        pg.locator("[role=option][aria-label='lr']").first.click()
+        pg.locator("#sweep-pick [role=option][aria-label='lr']").click()
         pg.wait_for_function("() => document.querySelector('#sweep-compare')?.innerText.includes('lr/point-2')", timeout=30_000)
         cmp = pg.inner_text("#sweep-compare")
         assert "train.learning_rate" in cmp and "best eval loss" in cmp and cmp.index("lr/point-1") < cmp.index("lr/point-2"), cmp
@@ -82,7 +82,7 @@ def test_the_sweep_of_the_identity_example_is_compared_on_the_page(server, page,
     pg.wait_for_selector("#sweep-pick")
     pg.click("#refresh-runs")
     pg.locator("#sweep-pick input").first.click()
-    pg.locator("[role=option][aria-label='sweep_identity']").first.click()
+    pg.locator("#sweep-pick [role=option][aria-label='sweep_identity']").click()
     pg.wait_for_function("() => document.querySelector('#sweep-compare')?.innerText.includes('sweep_identity/point-2')", timeout=60_000)
     text = pg.inner_text("#sweep-compare")
     assert "train.learning_rate" in text and "method.lora.rank" not in text and "best eval loss" in text, text  # one rank: no column

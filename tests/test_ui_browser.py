@@ -121,7 +121,7 @@ def page(request):
 def pick(pg, elem_id: str, option: str) -> None:
     """Choose one option of a single-choice dropdown."""
     pg.locator(f"#{elem_id} input").first.click()
-    pg.locator(f"[role=option][aria-label='{option}']").first.click()
+    pg.locator(f"#{elem_id} [role=option][aria-label='{option}']").click()  # this dropdown's own list, not one closing
 
 
 def set_number(pg, elem_id: str, value) -> None:
@@ -136,7 +136,7 @@ def choose(pg, elem_id: str, option: str) -> None:
     if clear.count():
         clear.click()
     pg.locator(f"#{elem_id} input").first.click()
-    pg.locator(f"[role=option][aria-label='{option}']").first.click()
+    pg.locator(f"#{elem_id} [role=option][aria-label='{option}']").click()  # this dropdown's own list, not one closing
     pg.keyboard.press("Escape")
     pg.wait_for_function(f"() => document.querySelector('#{elem_id} .token')?.innerText.includes('{option}')")
 

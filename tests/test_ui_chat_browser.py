@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), rea
 
 def pick(pg, elem_id: str, option: str) -> None:
     pg.locator(f"#{elem_id} input").first.click()
-    pg.locator(f"[role=option][aria-label='{option}']").first.click()
+    pg.locator(f"#{elem_id} [role=option][aria-label='{option}']").click()
 
 
 def last_answer(pg, elem_id: str) -> str:
@@ -97,7 +97,7 @@ def test_side_by_side_identity_vs_base_and_save(server, page, identity_run):
     pg.get_by_role("tab", name="Train").click()
     pg.click("#refresh-data")
     pg.locator("#f-data-dataset input").first.click()
-    pg.wait_for_selector("[role=option][aria-label='pico_chats']", timeout=30_000)
+    pg.wait_for_selector("#f-data-dataset [role=option][aria-label='pico_chats']", timeout=30_000)
 
     # Stop ends a long answer at once, in both models; what was written so far stays
     pg.get_by_role("tab", name="Chat").click()

@@ -70,7 +70,7 @@ def test_compare_and_browse_predictions(server, page, default_model_dir):
     # the other model's predictions
     choose_single = pg.locator("#eval-model input").first
     choose_single.click()
-    pg.locator("[role=option][aria-label='base']").first.click()
+    pg.locator("#eval-model [role=option][aria-label='base']").click()
     base_rows = [json.loads(line) for line in (run / "predictions-base.jsonl").read_text().splitlines()]
     word = max(base_rows[1]["predict"].split(), key=len)
     pg.wait_for_function(f"() => document.querySelector('#eval-predictions')?.innerText.includes({json.dumps(word)})", timeout=30_000)

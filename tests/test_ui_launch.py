@@ -24,13 +24,14 @@ def test_launch_fields_estimate_and_preview(server, page):  # noqa: F811
     pg.click("#launch-group button")  # open the accordion
     # the device list: what this machine has (the CPU always)
     pg.locator("#f-launch-devices input").first.click()
-    options = pg.eval_on_selector_all("[role=option]", "els => els.map(e => e.getAttribute('aria-label'))")
+    pg.wait_for_selector("#f-launch-devices [role=listbox]")
+    options = pg.eval_on_selector_all("#f-launch-devices [role=option]", "els => els.map(e => e.getAttribute('aria-label'))")
     pg.keyboard.press("Escape")
     assert "CPU" in options and all(g.label in options for g in devices.detect())
     # two processes with ZeRO-3 full fine-tuning: the estimate changes, Preview shows torchrun
     set_number(pg, "f-launch-nproc_per_node", 2)
     pg.locator("#f-launch-deepspeed input").first.click()
-    pg.locator("[role=option][aria-label='ZeRO-3 (shard weights too)']").first.click()
+    pg.locator("#f-launch-deepspeed [role=option][aria-label='ZeRO-3 (shard weights too)']").click()
     pg.keyboard.press("Escape")
     pg.wait_for_function(f"() => document.querySelector('#memory-estimate')?.innerText !== {one!r}", timeout=30_000)
     assert "GiB per GPU" in _estimate(pg)

@@ -12,10 +12,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), rea
 
 
 def options(pg, elem_id: str) -> list[str]:
+    """The options of the dropdown `elem_id`, read from its own list (another dropdown's list may still be closing)."""
     pg.locator(f"#{elem_id} input").first.click()
-    pg.wait_for_selector("[role=option]")
-    names = pg.evaluate("() => [...document.querySelectorAll('[role=option]')].map(o => o.getAttribute('aria-label'))")
+    pg.wait_for_selector(f"#{elem_id} [role=listbox]")
+    names = pg.eval_on_selector_all(f"#{elem_id} [role=option]", "els => els.map(o => o.getAttribute('aria-label'))")
     pg.keyboard.press("Escape")
+    pg.wait_for_selector(f"#{elem_id} [role=listbox]", state="detached")
     return names
 
 
