@@ -79,7 +79,7 @@ def ceiling(args: list[str], steps: int) -> dict:
     from studio import spec as specmod
     from studio.data import encode
     from studio.data.templates import Template
-    from studio.train.job import sft_config
+    from studio.train.stages.sft import sft_config
 
     spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", args)
     tok = models.load_tokenizer(spec.model.name_or_path)
@@ -87,9 +87,10 @@ def ceiling(args: list[str], steps: int) -> dict:
     model = methods.apply(spec, models.load_model(spec.model, "bf16").cuda())
     model.config.use_cache = False
     trainer = SFTTrainer(model=model, args=sft_config(spec, Path(tempfile.mkdtemp()), False), train_dataset=train, processing_class=tok)
+    from studio.hardware import Hardware
     from studio.model import plan
 
-    if plan.plan(spec, plan.Hardware.detect()).packed_rows:  # the batches studio train makes: packed rows, not one giant row
+    if plan.plan(spec, Hardware.detect()).packed_rows:  # the batches studio train makes: packed rows, not one giant row
         from studio.data.packed_rows import use_rows
 
         use_rows(trainer)

@@ -31,7 +31,7 @@ def batches(grouped: bool):
     from studio import spec as specmod
     from studio.data import encode
     from studio.data.templates import Template
-    from studio.train.job import sft_config
+    from studio.train.stages.sft import sft_config
 
     spec = specmod.load(None, [f"data.dataset_dir={DATA}", "data.dataset=[alpaca_en_demo]", "data.max_samples=64",
                                "data.cutoff_len=256", "train.learning_rate=1e-4", "train.num_train_epochs=1",

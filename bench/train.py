@@ -58,7 +58,7 @@ def trainer_batches(args: list[str], steps: int):
     from studio import spec as specmod
     from studio.data import encode
     from studio.data.templates import Template
-    from studio.train.job import sft_config
+    from studio.train.stages.sft import sft_config
 
     spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", args)
     tok = models.load_tokenizer(spec.model.name_or_path)

@@ -1,18 +1,16 @@
-"""Which exceptions are a user's mistake (shown as a message, no traceback) rather than a bug."""
+"""Which exceptions are a user's mistake (shown as a message, no traceback) rather than a bug.
+
+The ground floor: this module imports nothing of studio. Every error a user can fix (a spec field, a dataset
+record, a model name, a chat template) subclasses `UserError`."""
 from __future__ import annotations
 
 
-def user_error_types() -> tuple:
-    from studio.data.registry import DataError
-    from studio.data.templates import TemplateError
-    from studio.model.models import ModelError
-    from studio.spec import SpecError
-
-    return (SpecError, DataError, ModelError, TemplateError)
+class UserError(ValueError):
+    """A mistake the user can fix; its message says where and what to do."""
 
 
 def is_user_error(e: BaseException) -> bool:
-    return isinstance(e, user_error_types())
+    return isinstance(e, UserError)
 
 
 def describe(e: BaseException) -> tuple[str, str]:
@@ -22,13 +20,3 @@ def describe(e: BaseException) -> tuple[str, str]:
     if is_user_error(e):
         return str(e), ""
     return f"{type(e).__name__}: {e}", traceback.format_exc()
-
-
-def fail(writer, e: BaseException) -> int:
-    """End a job on an exception: one `error` event, the message (or traceback) on stderr, exit status 1."""
-    import sys
-
-    message, tb = describe(e)
-    writer.write("error", message=message, traceback=tb)
-    print(tb or f"error: {message}", file=sys.stderr, flush=True)
-    return 1

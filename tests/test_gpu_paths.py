@@ -9,7 +9,7 @@ import torch
 
 from studio.model import plan as planmod
 from studio import spec as specmod
-from studio.model.plan import Hardware
+from studio.hardware import Hardware
 
 H100 = Hardware(cuda=True, name="NVIDIA H100 80GB HBM3", capability=9.0, flash_attn=True)
 T4 = Hardware(cuda=True, name="Tesla T4", capability=7.5)
@@ -89,7 +89,7 @@ def test_liger_on_a_cpu_job_is_refused_before_start():
 
 
 def test_trainer_args_follow_the_plan(tmp_path):
-    from studio.train.job import sft_config
+    from studio.train.stages.sft import sft_config
 
     assert sft_config(_spec(), tmp_path, False).train_sampling_strategy == "group_by_length"
     assert sft_config(_spec("data.group_by_length=false"), tmp_path, False).train_sampling_strategy == "random"

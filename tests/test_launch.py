@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from studio.launch import deepspeed
-from studio.launch import devices
+from studio.train import deepspeed
+from studio import hardware as devices
 from studio.launch import estimate
 from studio.launch import command as launch
 from studio.launch import process
@@ -124,7 +124,7 @@ def test_nvidia_smi_output_becomes_gpus_and_choices():
 
 
 def test_detect_and_estimate_keep_torch_out_of_the_calling_process():
-    code = ("import sys, json; from studio import spec; from studio.launch import command, devices, estimate; "
+    code = ("import sys, json; from studio import spec; from studio.launch import command, estimate; from studio import hardware as devices; "
             "g = devices.detect(); e = estimate.estimate(spec.load('examples/identity_lora.yaml')); "
             "print(json.dumps({'torch': 'torch' in sys.modules, 'gpus': len(g), 'has_estimate': e is not None}))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -276,7 +276,7 @@ def test_page_offers_fitting_datasets_and_plots_stage_metrics():
               {"event": "log", "step": 2, "loss": 0.1, "reward": 0.4, "rewards/number_only/mean": 0.5, "kl": 0.01, "num_tokens": 9.0}]
     df = stage_fields.curves(events)
     assert set(df["series"]) == {"rewards/margins", "rewards/accuracies", "reward", "rewards/number_only/mean", "kl"}
-    fields = {n for _, _, names in stage_fields.GROUPS for n in names}
+    fields = {n for _, _, names in stage_fields.groups() for n in names}
     assert all(specmod.field_help(n) for n in fields)  # every field shown is a spec field with help
 
 

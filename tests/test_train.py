@@ -131,7 +131,7 @@ def test_cpu_trainer_loss_and_gradients_match_trl(tiny_model, tmp_path, packing)
     from studio import spec as specmod
     from studio.data import encode
     from studio.data.templates import Template
-    from studio.train.job import sft_config, trainer_class
+    from studio.train.stages.sft import sft_config, trainer_class
 
     spec = specmod.load(ROOT / "examples" / "identity_lora.yaml",
                         tiny_spec(tiny_model, tmp_path, **{"data.packing": str(packing).lower()}))

@@ -13,7 +13,7 @@ def _estimate(pg) -> str:
 
 
 def test_launch_fields_estimate_and_preview(server, page):  # noqa: F811
-    from studio.launch import devices
+    from studio import hardware as devices
     from studio import spec as specmod
 
     pg = page

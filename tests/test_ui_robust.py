@@ -66,7 +66,7 @@ def test_the_page_names_the_file_and_line_above_the_list(tmp_path, data_dir):
 
 SERVER_LIKE = """
 import subprocess, sys, time
-from studio.ui import serve
+from studio.ui import webui as serve
 serve.install_stop_handler()
 helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
 job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)

@@ -10,7 +10,7 @@ import pytest
 
 from studio import spec as specmod
 from studio.ui import chart, form, jobs, monitor
-from studio.ui.serve import check_access
+from studio.ui.webui import check_access
 from studio.run import status as runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,12 +146,12 @@ def test_paths_stay_inside_the_working_folder(tmp_path):
 
 
 def test_devices_overlap():
-    from studio.launch import preflight
+    from studio.launch import queue
 
-    assert preflight.devices_overlap(None, "0")
-    assert preflight.devices_overlap("0,1", "1")
-    assert not preflight.devices_overlap("0", "1")
-    assert preflight.devices_overlap("cpu", "cpu")
+    assert queue.devices_overlap(None, "0")
+    assert queue.devices_overlap("0,1", "1")
+    assert not queue.devices_overlap("0", "1")
+    assert queue.devices_overlap("cpu", "cpu")
 
 
 def test_the_page_starts_with_the_identity_example():
@@ -247,7 +247,7 @@ def test_second_start_on_the_same_devices_is_queued(tmp_path):
 
         other_gpu = specmod.load(None, [f"output_dir={runs_root / 'second'}", "launch.devices=1"])
         specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")
-        assert preflight.busy_with(other_gpu, runs_root) is None
+        assert queue.busy_with(other_gpu, runs_root) is None
     finally:
         sleeper.kill()
         sleeper.wait()

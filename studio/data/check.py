@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from studio.data import convert, preference, readers, registry
 from studio.data.encode import encode, usable
 from studio.data.registry import DataError
+from studio.spec.stages import PREFERENCE_STAGES
 
 
 @dataclass
@@ -59,7 +60,7 @@ def check_one(dataset_dir, name: str, stage: str | None = None, template=None, c
         r.note = "labelled answers: for stage kto; sft and pt refuse it"
     elif e.kind == "prompt":
         r.note = "prompts with a reference answer: for stage grpo"
-    if template is not None and examples and not r.issues and stage not in preference.NEEDS:
+    if template is not None and examples and not r.issues and stage not in PREFERENCE_STAGES:
         st = "pt" if (e.kind == "text" or stage == "pt") else "sft"
         _, rep = encode(examples, template, st, cutoff_len)
         r.stats = {"examples": rep.examples, "tokens": rep.tokens, "trained_tokens": rep.trained_tokens,

@@ -18,6 +18,7 @@ from pathlib import Path
 from studio.data import convert, readers, registry
 from studio.data.registry import DataError
 from studio.data.templates import Template
+from studio.spec.stages import PREFERENCE_STAGES
 
 CACHE_VERSION = 1
 IGNORE = -100
@@ -42,7 +43,7 @@ def usable(e: registry.DatasetEntry, stage: str) -> None:
     """Refuse an entry the stage cannot train on, saying why."""
     from studio.data import preference
 
-    if stage in preference.NEEDS:
+    if stage in PREFERENCE_STAGES:
         return preference.usable(e, stage)
     where = f"dataset `{e.name}`"
     if e.kind == "ranking":

@@ -13,13 +13,8 @@ from __future__ import annotations
 
 from studio.data import convert, readers, registry
 from studio.data.registry import DataError
+from studio.spec.stages import PREFERENCE_STAGES, STAGE_TABLE
 
-NEEDS = {
-    "dpo": ("ranking",),
-    "rm": ("ranking",),
-    "kto": ("kto", "ranking"),
-    "grpo": ("prompt", "chat"),
-}
 WHAT = {
     "ranking": "preference pairs (`ranking: true` with chosen/rejected columns)",
     "kto": "answers labelled good or bad (`columns.kto_tag`)",
@@ -31,11 +26,11 @@ WHAT = {
 
 def usable(e: registry.DatasetEntry, stage: str) -> None:
     """Refuse an entry whose shape the stage cannot train on, naming the entry and what the stage needs."""
-    need = NEEDS[stage]
+    need = STAGE_TABLE[stage].data
     if e.kind in need:
         return
-    hint = {"ranking": "dpo, kto or rm", "kto": "kto", "chat": "sft (or grpo, which uses the answer as the reference)",
-            "text": "pt", "prompt": "grpo"}[e.kind]
+    fits = [s.name for s in STAGE_TABLE.values() if e.kind in s.data]
+    hint = " or ".join([", ".join(fits[:-1]), fits[-1]] if len(fits) > 1 else fits)
     raise DataError(f"dataset `{e.name}` holds {WHAT[e.kind]}; stage {stage} needs {' or '.join(WHAT[k] for k in need)}. "
                     f"Use it with method.stage={hint}, or remove it from data.dataset / data.eval_dataset.")
 
@@ -93,14 +88,15 @@ def rows(e: registry.DatasetEntry, stage: str, records) -> tuple[list[dict], lis
     out, issues = [], []
     for loc, rec in records:
         try:
-            if stage == "grpo":
+            shape = STAGE_TABLE[stage].rows
+            if shape == "prompts":
                 prompt, ref = to_prompt(rec, e)
                 out.append({"prompt": prompt, "reference": ref or ""})
             elif e.kind == "ranking":
                 prompt, chosen, rejected = convert.to_pair(rec, e)
                 if not chosen.strip() or not rejected.strip():
                     raise convert.RecordError("the chosen or the rejected answer is empty")
-                if stage == "kto":
+                if shape == "labelled":
                     out += [{"prompt": prompt, "completion": [{"role": "assistant", "content": a}], "label": good}
                             for a, good in ((chosen, True), (rejected, False))]
                 else:
@@ -163,7 +159,7 @@ def fitting(dataset_dir, stage: str) -> list[str]:
         info = registry.read_info(dataset_dir)
     except DataError:
         return []
-    ok = {"sft": ("chat",), "pt": ("text", "chat"), **NEEDS}[stage]
+    ok = STAGE_TABLE[stage].data
     out = []
     for n in info:
         try:

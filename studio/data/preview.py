@@ -17,6 +17,7 @@ from pathlib import Path
 
 from studio.data import registry
 from studio.data.encode import IGNORE, encode, encode_chat, read_examples
+from studio.spec.stages import PREFERENCE_STAGES
 
 
 def _pieces(tokenizer, ids, labels) -> list:
@@ -42,7 +43,7 @@ def preview(spec, limit: int = 100, info: dict | None = None) -> dict:
     d, stage = spec.data, spec.method.stage
     from studio.data import preference
 
-    if stage in preference.NEEDS:  # dpo, kto, rm, grpo: pairs, labelled answers, prompts
+    if stage in PREFERENCE_STAGES:  # dpo, kto, rm, grpo: pairs, labelled answers, prompts
         return preference.preview(spec, limit, info)
     tokenizer = models.load_tokenizer(spec.model.name_or_path, spec.model.trust_remote_code)
     template = Template(spec.model.template, tokenizer)

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio.errors import UserError
+
 INFO = "dataset_info.json"
 FORMATS = ("alpaca", "sharegpt")
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None, "tools": None}
@@ -29,7 +31,7 @@ KNOWN_KEYS = {"file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url
               "ranking", "subset", "split", "folder", "num_samples", "columns", "tags", "load_from"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with a user's data; `issues` lists every bad record found, with its location."""
 
     def __init__(self, message: str, issues: list[str] | None = None):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from studio.errors import UserError
+
 EOS = "{eos}"
 
 
@@ -43,7 +45,7 @@ BUILTINS = {
 NAMES = ["auto", *BUILTINS]
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
     pass
 
 

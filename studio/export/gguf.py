@@ -4,7 +4,7 @@
     fmt = turn_format(render)            # the chat template as fixed text around each turn, or None
     modelfile("model-f16.gguf", fmt, stops)
 
-Follows llama.cpp's convert_hf_to_gguf.py for Llama, Mistral, Qwen2/Qwen2.5 and Qwen3 (studio/export_arch.py):
+Follows llama.cpp's convert_hf_to_gguf.py for Llama, Mistral, Qwen2/Qwen2.5 and Qwen3 (studio/export/arch.py):
 hyperparameters under the architecture's name, the GPT-2-style BPE vocabulary (tokens, token types, merges,
 special ids, pre-tokenizer name), the chat template, and for `llama` the q/k projection rows permuted into
 the rotary layout llama.cpp uses. Tensors are converted and written one at a time, so memory stays near one

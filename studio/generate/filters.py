@@ -7,7 +7,7 @@
 Reasons: too_short, too_long, out_of_scope, duplicate (same text), near_duplicate (same words after lowercasing
 and dropping punctuation), similar (ROUGE-L F-measure >= threshold against a kept instruction).
 
-Words are those of studio/metrics.py (jieba for Chinese and Japanese, lowercased, punctuation dropped), so the
+Words are those of studio/evaluate/metrics.py (jieba for Chinese and Japanese, lowercased, punctuation dropped), so the
 similarity is exactly rouge-score's ROUGE-L with the metrics' tokenizer: the plain all-pairs rule is
 `all_pairs_keep` below. It is not computed against every kept instruction: ROUGE-L F = 2 LCS / (m + n), and the
 LCS of two token lists is at most the number of tokens they share (counted with repeats), so only instructions

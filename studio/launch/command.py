@@ -22,9 +22,9 @@ from studio import spec as specmod
 from studio.run import job
 from studio.run import status as runs
 from studio.spec import JobSpec
+from studio.spec.tasks import TASK_TABLE
 
-ENTRY = {"train": "studio.train.job", "eval": "studio.evaluate.job", "export": "studio.export.job", "generate": "studio.generate.job",
-         "serve": "studio.serve.job"}
+ENTRY = {t.name: t.module for t in TASK_TABLE.values()}
 DEFAULT_PORT = 29500  # torchrun's own default; every node of a multi-node job must use the same port
 
 

@@ -6,7 +6,7 @@
 The rules: the spec's own values (spec.validate, already run when the spec was built), the output folder (a job
 running in it; a run of another task or, for training, a run that is not being resumed), the launch settings (DeepSpeed config), and each task's own: the datasets exist and suit the stage
 and the machine suits the method (train), the samples and models to compare (eval), the source and the target
-folder (export). Busy devices refuse nothing: the job waits its turn (launch/queue.py, which uses busy_with).
+folder (export). Busy devices refuse nothing: the job waits its turn (launch/queue.py).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from studio import spec as specmod
 from studio.errors import is_user_error
 from studio.run import status as runs
+from studio.spec.tasks import TASK_TABLE
 
 
 def preflight(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> None:
@@ -41,8 +42,7 @@ def _collect(spec, runs_root) -> list[Exception]:
     return found
 
 
-RUN_NOUN = {"train": "a training run", "eval": "an evaluation", "export": "an export run", "generate": "a data-generation run",
-            "serve": "a server's run", "?": "a run whose spec cannot be read"}
+RUN_NOUN = {**{t.name: t.noun for t in TASK_TABLE.values()}, "?": "a run whose spec cannot be read"}
 
 
 def _output_dir(spec, runs_root) -> None:
@@ -69,41 +69,10 @@ def _output_dir(spec, runs_root) -> None:
                                 "new automatic name, or set train.resume_from_checkpoint=auto to continue it")
 
 
-def _device_set(devices: str | None) -> set | None:
-    """None: every GPU (or the CPU when there is none)."""
-    if not devices:
-        return None
-    return {d.strip() for d in devices.split(",") if d.strip()}
-
-
-def devices_overlap(a: str | None, b: str | None) -> bool:
-    sa, sb = _device_set(a), _device_set(b)
-    if sa is None or sb is None:
-        return True
-    return bool(sa & sb)
-
-
-def busy_with(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> runs.RunInfo | None:
-    """A running job (beside the output folder, or under runs_root) that uses any of `spec`'s devices."""
-    out = Path(spec.output_dir).resolve()
-    roots = {runs.root_of(out)} | ({Path(runs_root).resolve()} if runs_root else set())
-    for root in roots:
-        for r in runs.list_runs(root):
-            if r.status != "running" or r.path.resolve() == out:
-                continue
-            try:
-                other = specmod.load(r.path / "spec.yaml").launch.devices
-            except specmod.SpecError:
-                other = None
-            if devices_overlap(spec.launch.devices, other):
-                return r
-    return None
-
-
 def _launch(spec, runs_root) -> None:
     """A DeepSpeed JSON file that is missing or broken would only fail inside the child."""
     if spec.task == "train" and spec.launch.deepspeed:
-        from studio.launch.deepspeed import config_for
+        from studio.train.deepspeed import config_for
 
         config_for(spec.launch.deepspeed)
 
@@ -125,7 +94,7 @@ def _train_method(spec, runs_root) -> None:
 def _train_stage(spec, runs_root) -> None:
     from studio.train import stages
 
-    stages.preflight(spec)  # GRPO: the reward files exist and define their functions
+    stages.get(spec.method.stage).preflight(spec)  # GRPO: the reward files exist and define their functions
 
 
 def _eval(spec, runs_root) -> None:

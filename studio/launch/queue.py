@@ -48,6 +48,37 @@ class Entry:
         return runs.display_name(self.path)
 
 
+def _device_set(devices: str | None) -> set | None:
+    """None: every GPU (or the CPU when there is none)."""
+    if not devices:
+        return None
+    return {d.strip() for d in devices.split(",") if d.strip()}
+
+
+def devices_overlap(a: str | None, b: str | None) -> bool:
+    sa, sb = _device_set(a), _device_set(b)
+    if sa is None or sb is None:
+        return True
+    return bool(sa & sb)
+
+
+def busy_with(spec: specmod.JobSpec, runs_root: str | Path | None = None) -> runs.RunInfo | None:
+    """A running job (beside the output folder, or under runs_root) that uses any of `spec`'s devices."""
+    out = Path(spec.output_dir).resolve()
+    roots = {runs.root_of(out)} | ({Path(runs_root).resolve()} if runs_root else set())
+    for root in roots:
+        for r in runs.list_runs(root):
+            if r.status != "running" or r.path.resolve() == out:
+                continue
+            try:
+                other = specmod.load(r.path / "spec.yaml").launch.devices
+            except specmod.SpecError:
+                other = None
+            if devices_overlap(spec.launch.devices, other):
+                return r
+    return None
+
+
 @contextlib.contextmanager
 def locked(root: str | Path):
     root = Path(root)
@@ -76,7 +107,6 @@ def _read(run_dir: Path) -> dict | None:
 
 def entries(root: str | Path) -> list[Entry]:
     """The queued jobs under `root`, first in line first, each with what it waits for."""
-    from studio.launch.preflight import devices_overlap
 
     root = Path(root)
     found = []
@@ -125,7 +155,6 @@ def holders(root: str | Path) -> list[dict]:
 
 def blocker(spec: specmod.JobSpec, root: str | Path) -> str | None:
     """Why `spec` cannot start now (one sentence, the same for the CLI and the page), or None."""
-    from studio.launch.preflight import busy_with, devices_overlap
 
     other = busy_with(spec, root)
     if other is not None:

@@ -274,15 +274,15 @@ def preflight(spec: JobSpec) -> None:
         fields = "model.quantization_bit" if mo.quantization_bit is not None else f"train.optim={t.optim}"
         raise SpecError(f"{fields}: needs the bitsandbytes package; pip install bitsandbytes")
     if t.liger_kernel or mo.attn_implementation not in ("auto", "eager", "sdpa"):
+        from studio import hardware
         from studio.model import plan
-        from studio.launch import devices
 
-        hw = plan.Hardware.light(spec.launch.devices)
-        if hw.cuda or spec.launch.devices == "cpu" or not devices.detect():
+        hw = hardware.Hardware.light(spec.launch.devices)
+        if hw.cuda or spec.launch.devices == "cpu" or not hardware.detect():
             plan.plan(spec, hw)  # kernels the hardware or the installed packages lack: refused before Start
     if t.compute_dtype == "fp16":  # without importing torch (the web UI calls this); bf16 on an old GPU: the child says so
-        from studio.launch import devices
+        from studio import hardware
 
-        if spec.launch.devices == "cpu" or not devices.detect():
+        if spec.launch.devices == "cpu" or not hardware.detect():
             raise SpecError("train.compute_dtype=fp16: mixed fp16 training needs a CUDA GPU and this job has none; "
                             "use fp32 (or bf16) on the CPU")

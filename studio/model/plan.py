@@ -2,91 +2,19 @@
 
     plan(spec, Hardware.detect())  -> Plan(attn="flash_attention_2", batching="packing, varlen (...)", ...)
 
-One pure function decides, so that the child (studio/train.py, studio/models.py) and the Train tab (which
-shows `Plan.text()` before Start) say the same thing. `Hardware.detect()` imports torch (the child);
-`Hardware.light()` asks nvidia-smi only (the web UI never imports torch).
+One pure function decides, so that the child (studio/train/job.py, studio/model/models.py) and the Train tab (which
+shows `Plan.text()` before Start) say the same thing; `Hardware` (studio/hardware.py) says what the device offers.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 
+from studio.hardware import Hardware
 from studio.spec import ATTN_IMPLEMENTATIONS, PROMPT_STYLE, SpecError
 
 ATTN_CHOICES = ATTN_IMPLEMENTATIONS
 VARLEN = ("flash_attention_2", "flash_attention_3", "flex_attention")  # kernels that take packed rows without a mask
-
-
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-@dataclass(frozen=True)
-class Hardware:
-    cuda: bool = False
-    name: str = "CPU"
-    capability: float | None = None  # CUDA compute capability (8.0 = Ampere: bf16 and TF32)
-    flash_attn: bool = False  # the flash_attn package (FlashAttention 2) is installed
-    flash_attn_3: bool = False  # flash_attn_interface (FlashAttention 3, Hopper)
-    liger: bool = False  # the liger_kernel package is installed
-
-    @property
-    def bf16(self) -> bool:
-        return self.cuda and (self.capability or 0) >= 8.0
-
-    @property
-    def tf32(self) -> bool:
-        return self.cuda and (self.capability or 0) >= 8.0
-
-    @classmethod
-    def _packages(cls) -> dict:
-        return {"flash_attn": _has("flash_attn"), "flash_attn_3": _has("flash_attn_interface"), "liger": _has("liger_kernel")}
-
-    @classmethod
-    def detect(cls) -> "Hardware":
-        """This process's view (imports torch): the current CUDA device, or the CPU."""
-        import torch
-
-        if not torch.cuda.is_available():
-            return cls(**cls._packages())
-        major, minor = torch.cuda.get_device_capability()
-        return cls(cuda=True, name=torch.cuda.get_device_name(), capability=major + minor / 10, **cls._packages())
-
-    @classmethod
-    def light(cls, devices: str | None = None) -> "Hardware":
-        """Without torch: nvidia-smi's first GPU (or the one `launch.devices` names first); the CPU if none."""
-        rows = [] if devices == "cpu" else _smi_rows()
-        if not rows:
-            return cls(**cls._packages())
-        first = (devices or "").split(",")[0].strip()
-        row = next((r for r in rows if r[0] == first), rows[0])
-        try:
-            cap = float(row[2])
-        except ValueError:
-            cap = None
-        return cls(cuda=True, name=row[1], capability=cap, **cls._packages())
-
-
-@functools.lru_cache(maxsize=1)
-def _smi_rows() -> tuple:
-    """(index, name, compute capability) of each GPU as nvidia-smi lists them; empty without nvidia-smi."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return ()
-    try:
-        res = subprocess.run([exe, "--query-gpu=index,name,compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    if res.returncode != 0:
-        return ()
-    return tuple(tuple(p.strip() for p in line.split(",")) for line in res.stdout.strip().splitlines() if line.count(",") >= 2)
 
 
 @dataclass

@@ -6,7 +6,7 @@
 Every adapter is loaded once onto the same base (PEFT named adapters); a request's model name picks one, the base
 itself runs with the adapters disabled. One thread generates: each round, for every model name that has work,
 it switches to that adapter, lets waiting requests join the running batch of that name (their prompt pass runs
-on its own, then their KV cache joins the running one, left-padded: studio/batchgen.py) and generates one token
+on its own, then their KV cache joins the running one, left-padded: studio/evaluate/batchgen.py) and generates one token
 for every row. A row leaves the batch, with its slice of the cache, when it ends (end of turn, a stop string,
 max_tokens) or when its client went away. Each row samples with its own temperature, top_p and random generator,
 so a seed gives the same answer whatever else runs beside it.

@@ -16,4 +16,5 @@ from studio.spec.io import (  # noqa: F401
 )
 from studio.spec.sections import *  # noqa: F401,F403  JobSpec and its sections
 from studio.spec.stages import *  # noqa: F401,F403  the preference and RL stages' sections
+from studio.spec.tasks import *  # noqa: F401,F403  the task table
 from studio.spec.rules import validate  # noqa: F401,E402  (last: no section module may shadow it)

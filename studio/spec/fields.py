@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import field
 
+from studio.errors import UserError
 
-class SpecError(ValueError):
+
+class SpecError(UserError):
     """A user's mistake in a spec: the message names the field and what to do."""
 
 

@@ -1,11 +1,12 @@
 """The job spec's sections: one dataclass per section, each field with its help text (the only help text)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from typing import Optional, Union
 
 from studio.spec.fields import ATTN_IMPLEMENTATIONS, FINETUNING_TYPES, OPTIMIZERS, SCHEDULERS, _f, _sub
-from studio.spec.stages import STAGES, DpoSpec, GrpoSpec, KtoSpec, RmSpec
+from studio.spec.stages import STAGE_TABLE, STAGES
+from studio.spec.tasks import TASKS
 
 
 @dataclass
@@ -73,19 +74,20 @@ class AdaLoraSpec:
 
 
 @dataclass
-class MethodSpec:
-    stage: str = _f("sft", "Training stage: sft (instruction tuning on chats), pt (continued pretraining on plain text), dpo "
-                           "(preference pairs; also ORPO, SimPO, IPO), kto (answers labelled good or bad), rm (a reward model "
-                           "on preference pairs) or grpo (reinforcement learning with reward functions).", choices=STAGES)
+class _MethodBase:
+    stage: str = _f("sft", "Training stage: " + ", ".join(f"{s.name} ({s.help})" for s in STAGE_TABLE.values()) + ".",
+                    choices=STAGES)
     finetuning_type: str = _f("lora", "What is trained: lora, full, freeze, adalora, ia3, prefix, prompt, ptuning, ptuning_v2.", choices=FINETUNING_TYPES)
     lora: LoraSpec = _sub(LoraSpec, "LoRA options (also used by QLoRA).")
     freeze: FreezeSpec = _sub(FreezeSpec, "Freeze-tuning options.")
     prompt: PromptSpec = _sub(PromptSpec, "Prompt-style method options (prefix, prompt, ptuning, ptuning_v2).")
     adalora: AdaLoraSpec = _sub(AdaLoraSpec, "AdaLoRA options.")
-    dpo: DpoSpec = _sub(DpoSpec, "Stage dpo: preference loss and reference model.")
-    kto: KtoSpec = _sub(KtoSpec, "Stage kto: KTO loss and reference model.")
-    rm: RmSpec = _sub(RmSpec, "Stage rm: reward-model options.")
-    grpo: GrpoSpec = _sub(GrpoSpec, "Stage grpo: reward functions and generation.")
+
+
+# each stage with options adds its section, method.<stage>, from the stage table
+MethodSpec = make_dataclass("MethodSpec", [(s.name, s.section, _sub(s.section, f"Stage {s.name}: {s.section_help}."))
+                                           for s in STAGE_TABLE.values() if s.section], bases=(_MethodBase,))
+MethodSpec.__module__ = __name__
 
 
 @dataclass
@@ -206,7 +208,7 @@ class LaunchSpec:
 
 @dataclass
 class JobSpec:
-    task: str = _f("train", "What the job does: train, eval, export, generate or serve.", choices=["train", "eval", "export", "generate", "serve"])
+    task: str = _f("train", f"What the job does: {', '.join(TASKS[:-1])} or {TASKS[-1]}.", choices=TASKS)
     output_dir: str = _f("runs/identity_lora", "The run folder: the spec, events, log and results go here.")
     model: ModelSpec = _sub(ModelSpec, "Which model to start from.")
     data: DataSpec = _sub(DataSpec, "Which data, and how it becomes token batches.")

@@ -1,22 +1,22 @@
-"""Spec sections of the preference and RL stages (method.dpo, method.kto, method.rm, method.grpo) and their checks.
+"""The training stages: one table that data, the page, the CLI and the training child read, and the options of the
+preference and RL stages (method.dpo, method.kto, method.rm, method.grpo) with their checks.
 
     method: {stage: dpo, dpo: {beta: 0.1, loss: sigmoid, ftx: 0.0}}
     method: {stage: grpo, grpo: {reward_funcs: [examples/rewards.py:short_answer], num_generations: 4}}
 
-Each stage reads only its own section; `validate` refuses the combinations that cannot work, naming the fields.
+A stage is a `Stage` row in `TABLE` (its data, its options section, what the page plots, its own checks) and a
+module studio/train/stages/<name>.py (its TRL config and trainer): adding a stage touches these two files.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from studio.spec.fields import SpecError, _f
 
-__all__ = ["STAGES", "PREFERENCE_STAGES", "DPO_LOSSES", "KTO_LOSSES", "GRPO_LOSSES", "BUILTIN_REWARDS",
+__all__ = ["STAGES", "PREFERENCE_STAGES", "STAGE_TABLE", "Stage", "DPO_LOSSES", "KTO_LOSSES", "GRPO_LOSSES", "BUILTIN_REWARDS",
            "DpoSpec", "KtoSpec", "RmSpec", "GrpoSpec"]  # what `studio.spec` re-exports (not `validate`)
 
-STAGES = ["sft", "pt", "dpo", "kto", "rm", "grpo"]
-PREFERENCE_STAGES = ("dpo", "kto", "rm", "grpo")
 DPO_LOSSES = ["sigmoid", "ipo", "hinge", "robust", "orpo", "simpo"]
 KTO_LOSSES = ["kto", "apo_zero_unpaired"]
 GRPO_LOSSES = ["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo"]
@@ -25,14 +25,14 @@ BUILTIN_REWARDS = ["format", "exact", "numeric", "length"]
 
 @dataclass
 class DpoSpec:
-    beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference (higher: closer). For ipo the "
-                          "regularisation tau; for orpo the weight lambda of the odds-ratio term; for simpo the reward scale.")
     loss: str = _f("sigmoid", "Preference loss: sigmoid (DPO), ipo, hinge (SLiC), robust (noisy labels), orpo (no reference "
                               "model, TRL's ORPOTrainer), simpo (no reference model, TRL's CPOTrainer).", choices=DPO_LOSSES)
-    label_smoothing: float = _f(0.0, "Share of preference labels assumed flipped (losses robust and simpo; 0.1 is "
-                                     "typical). 0: labels trusted.")
+    beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference (higher: closer). For ipo the "
+                          "regularisation tau; for orpo the weight lambda of the odds-ratio term; for simpo the reward scale.")
     ftx: float = _f(0.0, "SFT mix weight: add this x the negative log-likelihood of the chosen answers to the loss (RPO; for "
                          "simpo: CPO's behaviour-cloning term). 0: off.")
+    label_smoothing: float = _f(0.0, "Share of preference labels assumed flipped (losses robust and simpo; 0.1 is "
+                                     "typical). 0: labels trusted.")
     simpo_gamma: float = _f(0.5, "SimPO target reward margin (loss simpo only).")
     ref_model: Optional[str] = _f(None, "Reference model. Empty: the model being trained as it starts (with a PEFT adapter: "
                                         "the base with the adapter disabled, no second copy; full or freeze tuning: a frozen "
@@ -43,8 +43,8 @@ class DpoSpec:
 
 @dataclass
 class KtoSpec:
-    beta: float = _f(0.1, "KTO beta: how far the policy may move from the reference (higher: closer).")
     loss: str = _f("kto", "KTO loss: kto, or apo_zero_unpaired.", choices=KTO_LOSSES)
+    beta: float = _f(0.1, "KTO beta: how far the policy may move from the reference (higher: closer).")
     desirable_weight: float = _f(1.0, "Weight of the losses of answers labelled good (raise it when good answers are rarer).")
     undesirable_weight: float = _f(1.0, "Weight of the losses of answers labelled bad.")
     ref_model: Optional[str] = _f(None, "Reference model. Empty: the model being trained as it starts (with a PEFT adapter: "
@@ -77,57 +77,61 @@ class GrpoSpec:
     use_vllm: bool = _f(False, "Generate with vLLM (TRL's colocate mode; needs a GPU and the vllm package).")
 
 
-def validate(spec) -> None:
-    """The stage's own fields, and what cannot go with it; raises SpecError naming the fields."""
-    m, d = spec.method, spec.data
-    st = m.stage
-    if st not in PREFERENCE_STAGES:
-        return
-    if d.packing:
-        raise SpecError(f"data.packing with method.stage={st}: {st} batches whole prompts and answers; set data.packing=false")
-    if m.finetuning_type in ("prefix", "prompt", "ptuning", "ptuning_v2"):
-        raise SpecError(f"method.finetuning_type={m.finetuning_type} with method.stage={st}: prompt-style adapters are not "
-                        "supported by the preference and RL trainers; use lora, full, freeze, adalora or ia3")
-    if d.train_on_prompt or d.mask_history:
-        raise SpecError(f"data.train_on_prompt / data.mask_history with method.stage={st}: the {st} trainer scores the "
-                        "answers only; set both to false")
-    if st == "dpo":
-        p = m.dpo
-        if p.beta <= 0:
-            raise SpecError("method.dpo.beta: must be greater than 0 (0.1 is typical)")
-        if not 0 <= p.label_smoothing < 0.5:
-            raise SpecError("method.dpo.label_smoothing: must be in [0, 0.5)")
-        if p.label_smoothing and p.loss not in ("robust", "simpo"):
-            raise SpecError(f"method.dpo.label_smoothing with method.dpo.loss={p.loss}: TRL applies label smoothing in the "
-                            "robust and simpo losses; set method.dpo.label_smoothing=0 or choose one of them")
-        if p.ftx < 0:
-            raise SpecError("method.dpo.ftx: must be 0 or more")
-        if p.loss in ("orpo", "simpo") and (p.ref_model or p.precompute_ref):
-            raise SpecError(f"method.dpo.ref_model / method.dpo.precompute_ref with method.dpo.loss={p.loss}: {p.loss} "
-                            "uses no reference model; clear them")
-        if p.loss == "orpo" and p.ftx:
-            raise SpecError("method.dpo.ftx with method.dpo.loss=orpo: ORPO always includes the SFT loss (its odds-ratio "
-                            "weight is method.dpo.beta); set method.dpo.ftx=0")
-        if p.loss in ("orpo", "simpo") and spec.model.quantization_bit is not None:
-            raise SpecError(f"method.dpo.loss={p.loss} with model.quantization_bit: not supported here; use sigmoid, or "
-                            "set model.quantization_bit to null")
-    if st == "kto":
-        k = m.kto
-        if k.beta <= 0:
-            raise SpecError("method.kto.beta: must be greater than 0 (0.1 is typical)")
-        if k.desirable_weight <= 0 or k.undesirable_weight <= 0:
-            raise SpecError("method.kto.desirable_weight and method.kto.undesirable_weight: must be greater than 0")
-    if st == "rm":
-        if m.finetuning_type not in ("lora", "full", "freeze"):
-            raise SpecError(f"method.finetuning_type={m.finetuning_type} with method.stage=rm: a reward model trains with "
-                            "lora, full or freeze")
-        if m.rm.center_rewards_coefficient is not None and m.rm.center_rewards_coefficient < 0:
-            raise SpecError("method.rm.center_rewards_coefficient: must be 0 or more, or empty for off")
-    if st == "grpo":
-        _validate_grpo(spec)
+@dataclass(frozen=True)
+class Stage:
+    """One training stage as every side sees it."""
+    name: str
+    help: str  # what it trains on, for the stage choice's help
+    data: tuple  # the dataset kinds it trains on (studio/data/registry.py: chat, text, ranking, kto, prompt)
+    rows: Optional[str] = None  # the TRL rows it trains on (studio/data/preference.py): pairs, labelled, prompts;
+    #                              None: SFT's own encoding (studio/data/encode.py)
+    section: Optional[type] = None  # its options, method.<name>
+    section_help: str = ""
+    title: str = ""  # the page's title over its options
+    plotted: tuple = ()  # logged metrics the page draws beside the loss (a trailing * matches a prefix)
+    check: Optional[Callable] = None  # its own rules: check(spec) raises SpecError naming the fields
 
 
-def _validate_grpo(spec) -> None:
+def _check_dpo(spec) -> None:
+    p = spec.method.dpo
+    if p.beta <= 0:
+        raise SpecError("method.dpo.beta: must be greater than 0 (0.1 is typical)")
+    if not 0 <= p.label_smoothing < 0.5:
+        raise SpecError("method.dpo.label_smoothing: must be in [0, 0.5)")
+    if p.label_smoothing and p.loss not in ("robust", "simpo"):
+        raise SpecError(f"method.dpo.label_smoothing with method.dpo.loss={p.loss}: TRL applies label smoothing in the "
+                        "robust and simpo losses; set method.dpo.label_smoothing=0 or choose one of them")
+    if p.ftx < 0:
+        raise SpecError("method.dpo.ftx: must be 0 or more")
+    if p.loss in ("orpo", "simpo") and (p.ref_model or p.precompute_ref):
+        raise SpecError(f"method.dpo.ref_model / method.dpo.precompute_ref with method.dpo.loss={p.loss}: {p.loss} "
+                        "uses no reference model; clear them")
+    if p.loss == "orpo" and p.ftx:
+        raise SpecError("method.dpo.ftx with method.dpo.loss=orpo: ORPO always includes the SFT loss (its odds-ratio "
+                        "weight is method.dpo.beta); set method.dpo.ftx=0")
+    if p.loss in ("orpo", "simpo") and spec.model.quantization_bit is not None:
+        raise SpecError(f"method.dpo.loss={p.loss} with model.quantization_bit: not supported here; use sigmoid, or "
+                        "set model.quantization_bit to null")
+
+
+def _check_kto(spec) -> None:
+    k = spec.method.kto
+    if k.beta <= 0:
+        raise SpecError("method.kto.beta: must be greater than 0 (0.1 is typical)")
+    if k.desirable_weight <= 0 or k.undesirable_weight <= 0:
+        raise SpecError("method.kto.desirable_weight and method.kto.undesirable_weight: must be greater than 0")
+
+
+def _check_rm(spec) -> None:
+    m = spec.method
+    if m.finetuning_type not in ("lora", "full", "freeze"):
+        raise SpecError(f"method.finetuning_type={m.finetuning_type} with method.stage=rm: a reward model trains with "
+                        "lora, full or freeze")
+    if m.rm.center_rewards_coefficient is not None and m.rm.center_rewards_coefficient < 0:
+        raise SpecError("method.rm.center_rewards_coefficient: must be 0 or more, or empty for off")
+
+
+def _check_grpo(spec) -> None:
     g, t = spec.method.grpo, spec.train
     if not g.reward_funcs:
         raise SpecError("method.grpo.reward_funcs: name at least one reward function (a built-in: "
@@ -166,3 +170,37 @@ def _validate_grpo(spec) -> None:
         re.compile(g.format_regex)
     except re.error as e:
         raise SpecError(f"method.grpo.format_regex: not a valid regular expression ({e})") from None
+
+
+STAGE_TABLE = {s.name: s for s in [
+    Stage("sft", "instruction tuning on chats", ("chat",)),
+    Stage("pt", "continued pretraining on plain text", ("text", "chat")),
+    Stage("dpo", "preference pairs; also ORPO, SimPO, IPO", ("ranking",), "pairs", DpoSpec,
+          "preference loss and reference model", "DPO / ORPO / SimPO", ("rewards/margins", "rewards/accuracies"), _check_dpo),
+    Stage("kto", "answers labelled good or bad", ("kto", "ranking"), "labelled", KtoSpec, "KTO loss and reference model",
+          "KTO", ("rewards/margins", "kl"), _check_kto),
+    Stage("rm", "a reward model on preference pairs", ("ranking",), "pairs", RmSpec, "reward-model options",
+          "Reward model", ("accuracy", "margin"), _check_rm),
+    Stage("grpo", "reinforcement learning with reward functions", ("prompt", "chat"), "prompts", GrpoSpec,
+          "reward functions and generation", "GRPO", ("reward", "reward_std", "kl", "rewards/*"), _check_grpo),
+]}
+STAGES = list(STAGE_TABLE)
+PREFERENCE_STAGES = tuple(n for n, s in STAGE_TABLE.items() if s.rows)  # TRL's own trainers, on TRL rows
+
+
+def validate(spec) -> None:
+    """The stage's own fields, and what cannot go with it; raises SpecError naming the fields."""
+    m, d = spec.method, spec.data
+    st = m.stage
+    if st not in PREFERENCE_STAGES:
+        return
+    if d.packing:
+        raise SpecError(f"data.packing with method.stage={st}: {st} batches whole prompts and answers; set data.packing=false")
+    if m.finetuning_type in ("prefix", "prompt", "ptuning", "ptuning_v2"):
+        raise SpecError(f"method.finetuning_type={m.finetuning_type} with method.stage={st}: prompt-style adapters are not "
+                        "supported by the preference and RL trainers; use lora, full, freeze, adalora or ia3")
+    if d.train_on_prompt or d.mask_history:
+        raise SpecError(f"data.train_on_prompt / data.mask_history with method.stage={st}: the {st} trainer scores the "
+                        "answers only; set both to false")
+    if STAGE_TABLE[st].check:
+        STAGE_TABLE[st].check(spec)

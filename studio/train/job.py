@@ -1,8 +1,9 @@
-"""Training entry point: reads RUN_DIR/spec.yaml, trains with TRL's SFTTrainer, writes events and results.
+"""Training entry point: reads RUN_DIR/spec.yaml, trains with the stage's TRL trainer, writes events and results.
 
     python -m studio.train.job runs/identity_lora          (what `studio train SPEC` starts in the background)
 
-setup (tokenizer, data, model, method) -> SFTTrainer -> train -> save adapter/ or model/ -> `done`.
+setup (tokenizer, the stage's data, model, method; studio/train/stages/) -> trainer -> train -> save adapter/ or
+model/ -> `done`.
 SIGTERM or SIGINT: stop after the current step, save a checkpoint and the adapter, write `aborted`.
 """
 from __future__ import annotations
@@ -107,135 +108,42 @@ def _metrics(logs: dict, skip=()) -> dict:
     return {k: v for k, v in logs.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def sft_config(spec, run_dir: Path, has_eval: bool, the_plan=None):
-    import torch
-    from trl import SFTConfig
-
-    from studio.model import plan
-    from studio.model.models import compute_dtype
-    from studio.train.stages import checkpointing
-
-    p = the_plan or plan.plan(spec, plan.Hardware.detect())
-
-    t, d = spec.train, spec.data
-    dtype = compute_dtype(t.compute_dtype)
-    warmup = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
-    prompt_style = spec.method.finetuning_type in ("prefix", "prompt", "ptuning", "ptuning_v2")
-    kw = {}
-    if spec.launch.deepspeed:
-        from studio.launch.deepspeed import for_this_rank
-
-        kw["deepspeed"] = for_this_rank(spec.launch.deepspeed)
-    if p.tf32:
-        kw["tf32"] = True
-    if p.liger:
-        kw["use_liger_kernel"] = True
-    if has_eval:
-        kw.update(eval_strategy="steps" if t.eval_steps else "epoch", eval_steps=t.eval_steps, per_device_eval_batch_size=t.per_device_train_batch_size)
-        if t.load_best_model_at_end or t.early_stopping_patience is not None:
-            metric = t.metric_for_best_model
-            kw.update(metric_for_best_model=metric, greater_is_better=not metric.endswith("loss"),
-                      load_best_model_at_end=t.load_best_model_at_end)
-    return SFTConfig(
-        output_dir=str(run_dir),
-        learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
-        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=warmup, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        optim=t.optim, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        **checkpointing(t.gradient_checkpointing), neftune_noise_alpha=t.neftune_alpha,
-        logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
-        report_to=[] if t.report_to == "none" else [t.report_to], disable_tqdm=True, logging_first_step=True,
-        include_num_input_tokens_seen="non_padding", max_length=d.cutoff_len,
-        packing=d.packing and not prompt_style, packing_strategy="bfd", padding_free=d.packing and not prompt_style,
-        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
-        shuffle_dataset=d.seed_shuffle, dataset_num_proc=None, remove_unused_columns=True,
-        use_cpu=not torch.cuda.is_available(), save_only_model=False, ddp_find_unused_parameters=False if spec.launch.nproc_per_node > 1 else None,
-        **kw,
-    )
-
-
-def trainer_class():
-    """TRL's SFTTrainer; on the CPU with the model's own loss.
-
-    TRL computes the loss through a fused LM head that, without a GPU kernel, projects every position in chunks,
-    projects them again in the backward pass and adds entropy and top-1 metrics over the vocabulary: a micro-batch
-    of the default model takes 1.3-1.6x the time of the model's own forward and loss (docs/benchmarks.md). The loss
-    and the gradients are the same (tests/test_train.py), so on the CPU the plain `Trainer.compute_loss` runs.
-    """
-    import torch
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    if torch.cuda.is_available():
-        return SFTTrainer
-
-    class CPUSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
-
-    return CPUSFTTrainer
-
-
 def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     import torch
 
-    from studio.model import methods
-    from studio.model import models
-    from studio.train import stages
-    from studio.data import encode
     from studio.data.templates import Template
+    from studio.hardware import Hardware
+    from studio.model import methods, models, plan
+    from studio.train import stages
 
     if spec.train.num_threads:
         torch.set_num_threads(spec.train.num_threads)
-    t0 = time.time()
+    stage = stages.get(spec.method.stage)
     tokenizer = models.load_tokenizer(spec.model.name_or_path, spec.model.trust_remote_code)
     template = Template(spec.model.template, tokenizer)
-    staged = spec.method.stage in stages.PREFERENCE_STAGES  # dpo, kto, rm, grpo: studio/train/stages.py
-    if staged:
-        from studio.data import preference
-
-        train_ds, eval_ds, note = preference.build(spec)
-        report = encode.Report(examples=len(train_ds))
-        writer.write("message", text=f"{note} ({time.time() - t0:.1f}s)")
-    else:
-        train_ds, eval_ds, report = encode.build(spec, tokenizer, template)
-        writer.write("message", text=f"data: {report.examples} examples, {report.tokens} tokens, {report.trained_tokens} trained tokens, "
-                                     f"{report.truncated} cut at cutoff_len, {report.dropped} dropped ({time.time() - t0:.1f}s)")
-    model = stages.load_model(spec) if staged else models.load_model(spec.model, spec.train.compute_dtype, for_training=True)
+    train_ds, eval_ds, report = stage.data(spec, tokenizer, template, writer)
+    model = stage.load_model(spec)
     model.config.use_cache = False  # a KV cache in the forward pass would hide packed-sequence boundaries
-    from studio.model import plan
-
-    the_plan = plan.plan(spec, plan.Hardware.detect())
+    the_plan = plan.plan(spec, Hardware.detect())
     writer.write("message", text="plan: " + the_plan.text())
-    args = stages.config(spec, run_dir, eval_ds is not None) if staged else sft_config(spec, run_dir, eval_ds is not None, the_plan)
+    args = stage.config(spec, run_dir, eval_ds is not None, the_plan)
     steps_per_epoch = math.ceil(len(train_ds) / (args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)))
     total = spec.train.max_steps if spec.train.max_steps > 0 else math.ceil(steps_per_epoch * spec.train.num_train_epochs)
     from transformers import set_seed
 
     set_seed(spec.train.seed)  # adapters start the same on every rank and for any process count
-    model = (stages.apply_method if staged else methods.apply)(spec, model, total_steps=total, run_dir=run_dir)
+    model = stage.apply_method(spec, model, total, run_dir)
     if spec.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     trainable, total_params = methods.count_params(model)
     callback = make_callback(writer, run_dir, {"num_examples": len(train_ds), "trainable_params": trainable,
                                                "total_params": total_params, "data": vars(report) | {"issues": None}})
     methods.setup_reporting(spec, run_dir)
-    stopper = [] if staged else early_stopping(spec, eval_ds is not None)  # the stages' own trainers: not yet
-    if staged:
-        trainer = stages.trainer(spec, model, tokenizer, template, run_dir, train_ds, eval_ds, [callback, *methods.callbacks(spec), *callbacks],
-                                 methods.optimizers(spec, model, args))
-    else:
-        trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                                  callbacks=[callback, *methods.callbacks(spec), *callbacks, *stopper], optimizers=methods.optimizers(spec, model, args))
-    callback.samples = stages.samples_of(trainer)
-    if the_plan.group_by_length and not staged:
-        from studio.data.grouping import use_global_groups
-
-        use_global_groups(trainer)
-    if the_plan.packed_rows and not staged:
-        from studio.data.packed_rows import use_rows
-
-        use_rows(trainer)
+    stopper = early_stopping(spec, eval_ds is not None)
+    trainer = stage.trainer(spec, model, tokenizer, template, args, train_ds, eval_ds,
+                            [callback, *methods.callbacks(spec), *callbacks, *stopper], methods.optimizers(spec, model, args))
+    callback.samples = stage.samples(trainer)
+    stage.prepare(trainer, the_plan)
     resume = spec.train.resume_from_checkpoint
     if resume == "auto":
         from studio.run.status import last_checkpoint
@@ -256,7 +164,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:
     if eval_ds is not None and not _Stop.requested:
         done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
         last = done[-1] if done else trainer.evaluate()
-        metrics.update(_metrics(last, skip=("epoch",)) if staged else {"eval_loss": last.get("eval_loss")})
+        metrics.update(stage.eval_metrics(last))
     if _Stop.requested:
         metrics["aborted"] = True
     return metrics

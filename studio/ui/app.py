@@ -1,6 +1,6 @@
 """The web UI: a shared top bar (model, method, quantization, template, adapter) above one tab per task.
 
-    studio webui          (see studio/ui/serve.py; this module only builds the page)
+    studio webui          (see studio/ui/webui.py; this module only builds the page)
 
 Adding a tab: write `studio/ui/<name>_tab.py` with
 

@@ -10,7 +10,7 @@ import threading
 
 import gradio as gr
 
-from studio.launch import devices
+from studio import hardware
 from studio.launch import estimate
 from studio.launch import command as launch
 from studio import spec as specmod
@@ -29,13 +29,13 @@ ESTIMATE_INPUTS = ["model.name_or_path", "model.quantization_bit", "method.finet
 
 
 def device_choices(gpus=None) -> list[tuple[str, str]]:
-    gpus = devices.detect() if gpus is None else gpus
+    gpus = hardware.detect() if gpus is None else gpus
     default = ("every GPU", "") if gpus else ("default (no GPU found: the CPU)", "")
-    return [default] + devices.choices(gpus)
+    return [default] + hardware.choices(gpus)
 
 
 def special() -> dict:
-    threading.Thread(target=devices.detect, daemon=True).start()  # ready by the time the page loads
+    threading.Thread(target=hardware.detect, daemon=True).start()  # ready by the time the page loads
     return {
         "launch.devices": gr.Dropdown(choices=device_choices(()), value="", allow_custom_value=True, label="devices",
                                       info=specmod.field_help("launch.devices") + " Several GPUs: type them, e.g. 0,2.",
@@ -51,7 +51,7 @@ def plan_text(spec: specmod.JobSpec) -> str:
     from studio.model import plan
 
     try:
-        return "**will use:** " + plan.plan(spec, plan.Hardware.light(spec.launch.devices)).text()
+        return "**will use:** " + plan.plan(spec, hardware.Hardware.light(spec.launch.devices)).text()
     except specmod.SpecError as e:
         return f"**will not start:** {e}"
 

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import pandas as pd
 
-GROUPS = [  # (title, stages, fields)
-    ("DPO / ORPO / SimPO", ["dpo"], ["method.dpo.loss", "method.dpo.beta", "method.dpo.ftx", "method.dpo.label_smoothing",
-                                     "method.dpo.simpo_gamma", "method.dpo.ref_model", "method.dpo.precompute_ref"]),
-    ("KTO", ["kto"], ["method.kto.loss", "method.kto.beta", "method.kto.desirable_weight", "method.kto.undesirable_weight",
-                      "method.kto.ref_model", "method.kto.precompute_ref"]),
-    ("Reward model", ["rm"], ["method.rm.center_rewards_coefficient"]),
-    ("GRPO", ["grpo"], ["method.grpo.reward_funcs", "method.grpo.reward_weights", "method.grpo.num_generations",
-                        "method.grpo.max_completion_length", "method.grpo.temperature", "method.grpo.beta", "method.grpo.loss",
-                        "method.grpo.format_regex", "method.grpo.length_target", "method.grpo.use_vllm"]),
-]
-PLOTTED = ("rewards/margins", "rewards/accuracies", "reward", "reward_std", "kl", "accuracy", "margin")
+from studio.spec.stages import STAGE_TABLE
+
+def groups() -> list:
+    """(title, stage, field names) of each stage with options, from the stage table: its section's fields in order."""
+    from dataclasses import fields as dc_fields
+
+    return [(s.title, s.name, [f"method.{s.name}.{f.name}" for f in dc_fields(s.section)])
+            for s in STAGE_TABLE.values() if s.section]
+
+
+def plotted(name: str) -> bool:
+    """Whether the page draws the logged metric `name` beside the loss (any stage's `plotted`)."""
+    for s in STAGE_TABLE.values():
+        for p in s.plotted:
+            if name == p or (p.endswith("*") and name.startswith(p[:-1]) and name.endswith("/mean")):
+                return True
+    return False
 
 
 def curves(events: list[dict]) -> pd.DataFrame:
@@ -28,7 +34,7 @@ def curves(events: list[dict]) -> pd.DataFrame:
         if e["event"] != "log":
             continue
         for k, v in e.items():
-            if isinstance(v, (int, float)) and (k in PLOTTED or (k.startswith("rewards/") and k.endswith("/mean"))):
+            if isinstance(v, (int, float)) and plotted(k):
                 rows.append((e["step"], float(v), k))
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": "int64", "value": "float64", "series": "str"})
 
@@ -55,10 +61,10 @@ def build(fields: dict, rows, stage: str) -> list:
     import gradio as gr
 
     boxes = []
-    for title, stages, names in GROUPS:
-        with gr.Accordion(f"{title} options", open=True, visible=stage in stages) as box:
+    for title, own, names in groups():
+        with gr.Accordion(f"{title} options", open=True, visible=stage == own) as box:
             fields.update(rows([n for n in names if n not in fields], {}))
-        boxes.append((box, stages))
+        boxes.append((box, own))
     return boxes
 
 
@@ -70,7 +76,7 @@ def wire(stage_widget, boxes: list, dataset_dir_widget, dataset_widgets: list, w
 
     def on_stage(stage, folder):
         names = preference.fitting(workdir / (folder or "data"), stage)
-        shown = [gr.update(visible=stage in stages) for _, stages in boxes]
+        shown = [gr.update(visible=stage == own) for _, own in boxes]
         return shown + [gr.update(choices=names) for _ in dataset_widgets]
 
     stage_widget.change(on_stage, [stage_widget, dataset_dir_widget], [b for b, _ in boxes] + list(dataset_widgets))
