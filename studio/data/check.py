@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from studio.data import convert, preference, readers, registry
 from studio.data.encode import encode, usable
 from studio.data.registry import DataError
-from studio.spec.stages import PREFERENCE_STAGES
+from studio.spec.stages import PREFERENCE_STAGES, STAGE_TABLE
 
 
 @dataclass
@@ -42,7 +42,7 @@ def check_one(dataset_dir, name: str, stage: str | None = None, template=None, c
     examples = []
     for loc, rec in records:
         try:
-            if e.kind == "prompt" or stage == "grpo":
+            if e.kind == "prompt" or (stage and STAGE_TABLE[stage].rows == "prompts"):
                 preference.to_prompt(rec, e)
             elif e.kind == "ranking":
                 convert.to_pair(rec, e)
@@ -54,12 +54,13 @@ def check_one(dataset_dir, name: str, stage: str | None = None, template=None, c
                 examples.append((loc, convert.to_messages(rec, e)))
         except convert.RecordError as err:
             r.issues.append(f"{loc}: {err}")
+    fits = ", ".join(s.name for s in STAGE_TABLE.values() if e.kind in s.data)
     if e.kind == "ranking":
-        r.note = "preference pairs: for stages dpo, kto, rm; sft and pt refuse it"
+        r.note = f"preference pairs: for stages {fits}; sft and pt refuse it"
     elif e.kind == "kto":
-        r.note = "labelled answers: for stage kto; sft and pt refuse it"
+        r.note = f"labelled answers: for stage {fits}; sft and pt refuse it"
     elif e.kind == "prompt":
-        r.note = "prompts with a reference answer: for stage grpo"
+        r.note = f"prompts with a reference answer: for stage {fits}"
     if template is not None and examples and not r.issues and stage not in PREFERENCE_STAGES:
         st = "pt" if (e.kind == "text" or stage == "pt") else "sft"
         _, rep = encode(examples, template, st, cutoff_len)

@@ -145,9 +145,9 @@ def build(spec):
         train, evals = split["train"], split["test"]
     if d.seed_shuffle:
         train = train.shuffle(seed=spec.train.seed)
-    what = {"dpo": "pairs", "rm": "pairs", "kto": "labelled answers", "grpo": "prompts"}[st]
+    what = {"pairs": "pairs", "labelled": "labelled answers", "prompts": "prompts"}[STAGE_TABLE[st].rows]
     note = f"data: {len(train)} {what}" + (f", {len(evals)} held out" if evals is not None else "")
-    if st == "kto":
+    if STAGE_TABLE[st].rows == "labelled":
         good = sum(train["label"])
         note += f" ({good} good, {len(train) - good} bad)"
     return train, evals, note
@@ -184,7 +184,7 @@ def preview(spec, limit: int = 100, info: dict | None = None) -> dict:
     rows = read(d.dataset_dir, list(d.dataset), st, d.max_samples, full_info)
     shown, tokens, trained = [], 0, 0
     for i, r in enumerate(rows):
-        if st == "grpo":
+        if STAGE_TABLE[st].rows == "prompts":
             answers = [("prompt; reference: " + (r["reference"] or "none"), None)]
         elif "chosen" in r:
             answers = [("chosen", r["chosen"][0]["content"]), ("rejected", r["rejected"][0]["content"])]

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from studio.spec.stages import STAGE_TABLE
+
 
 def _ids(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int], int]:
     p = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
@@ -98,7 +100,7 @@ def score_run(run_dir: str | Path, names: list[str] | None = None, dataset_dir: 
     return score_pairs(model, tok, rows)
 
 
-STAGES = ("dpo", "kto", "rm")
+STAGES = tuple(n for n, s in STAGE_TABLE.items() if "ranking" in s.data)  # runs scored on held-out pairs
 KEYS = ("pairs", "base_prefers_chosen", "trained_prefers_chosen", "margin_positive", "mean_margin", "accuracy")
 
 
