@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from studio.data import convert, readers, registry
 from studio.data.registry import DataError
-from studio.spec.stages import PREFERENCE_STAGES, STAGE_TABLE
+from studio.spec.stages import STAGE_TABLE
 
 WHAT = {
     "ranking": "preference pairs (`ranking: true` with chosen/rejected columns)",
@@ -86,9 +86,9 @@ def to_kto(rec: dict, e: registry.DatasetEntry) -> tuple[list[dict], str, bool]:
 def rows(e: registry.DatasetEntry, stage: str, records) -> tuple[list[dict], list[str]]:
     """(location, record) pairs -> TRL rows for the stage, and the issues of the bad records."""
     out, issues = [], []
+    shape = STAGE_TABLE[stage].rows
     for loc, rec in records:
         try:
-            shape = STAGE_TABLE[stage].rows
             if shape == "prompts":
                 prompt, ref = to_prompt(rec, e)
                 out.append({"prompt": prompt, "reference": ref or ""})
@@ -145,9 +145,10 @@ def build(spec):
         train, evals = split["train"], split["test"]
     if d.seed_shuffle:
         train = train.shuffle(seed=spec.train.seed)
-    what = {"pairs": "pairs", "labelled": "labelled answers", "prompts": "prompts"}[STAGE_TABLE[st].rows]
+    shape = STAGE_TABLE[st].rows
+    what = "labelled answers" if shape == "labelled" else shape
     note = f"data: {len(train)} {what}" + (f", {len(evals)} held out" if evals is not None else "")
-    if STAGE_TABLE[st].rows == "labelled":
+    if shape == "labelled":
         good = sum(train["label"])
         note += f" ({good} good, {len(train) - good} bad)"
     return train, evals, note

@@ -15,6 +15,7 @@ from pathlib import Path
 from studio import spec as specmod
 from studio.run import events as ev
 from studio.run import job
+from studio.train.stages.base import numbers
 
 
 
@@ -73,7 +74,7 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
             logs = logs or {}
             now = time.time()
             if "eval_loss" in logs:
-                writer.write("eval", step=state.global_step, **_metrics(logs))
+                writer.write("eval", step=state.global_step, **numbers(logs))
                 return
             if "loss" not in logs:
                 return
@@ -88,7 +89,7 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
                          loss=logs.get("loss"), learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                          tokens_per_second=round(tps, 1), tokens_seen=tokens, elapsed_s=round(elapsed, 2),
                          eta_s=round(eta, 1) if eta is not None else None,
-                         **_metrics(logs, skip=("loss", "learning_rate", "grad_norm", "epoch")))
+                         **numbers(logs, skip=("loss", "learning_rate", "grad_norm", "epoch")))
             if self.samples is not None:  # the writer writes on rank 0 only
                 items = self.samples()
                 if items:
@@ -101,11 +102,6 @@ def make_callback(writer: ev.EventWriter, run_dir: Path, extra_start: dict):
             writer.write("checkpoint", step=state.global_step, path=str(run_dir / f"checkpoint-{state.global_step}"))
 
     return EventCallback()
-
-
-def _metrics(logs: dict, skip=()) -> dict:
-    """Every number the trainer logged, under its own name (rewards/margins, reward_std, kl, ...)."""
-    return {k: v for k, v in logs.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def run(spec, run_dir: Path, writer: ev.EventWriter, callbacks=()) -> dict:

@@ -18,13 +18,13 @@ def groups() -> list:
             for s in STAGE_TABLE.values() if s.section]
 
 
+_PLOTTED = {p for s in STAGE_TABLE.values() for p in s.plotted}
+_PREFIXES = tuple(p[:-1] for p in _PLOTTED if p.endswith("*"))
+
+
 def plotted(name: str) -> bool:
-    """Whether the page draws the logged metric `name` beside the loss (any stage's `plotted`)."""
-    for s in STAGE_TABLE.values():
-        for p in s.plotted:
-            if name == p or (p.endswith("*") and name.startswith(p[:-1]) and name.endswith("/mean")):
-                return True
-    return False
+    """Whether the page draws the logged metric `name` beside the loss (any stage's `plotted`; a prefix: its means)."""
+    return name in _PLOTTED or (name.startswith(_PREFIXES) and name.endswith("/mean"))
 
 
 def curves(events: list[dict]) -> pd.DataFrame:

@@ -58,6 +58,11 @@ def training_args(spec, run_dir: Path, has_eval: bool, the_plan) -> dict:
     return kw
 
 
+def numbers(logs: dict, skip=()) -> dict:
+    """Every number the trainer logged, under its own name (rewards/margins, reward_std, kl, ...)."""
+    return {k: v for k, v in logs.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def ref_model(spec, section):
     """The reference model a section names (method.<stage>.ref_model), or None: TRL then uses the policy as it starts."""
     if not section.ref_model:
@@ -130,4 +135,4 @@ class TrainStage:
 
     def eval_metrics(self, logs: dict) -> dict:
         """What the done event keeps of the last evaluation: every number the trainer logged."""
-        return {k: v for k, v in logs.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return numbers(logs, skip=("epoch",))
