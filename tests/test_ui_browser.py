@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from studio.run import status as runs
 from studio.launch.command import free_port
@@ -29,6 +30,11 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts"
 DRAWN = "#%s .st-chart:not([data-points='0'])"  # a chart of the page (studio/ui/chart.py) with points drawn
+# gradio's status tracker over a component that an event updates: shown (no .hide) from the moment the event is sent
+# (a click marks its outputs at once) until it is answered; one that shows an error is over. Events with
+# show_progress="hidden" (the watches, the memory estimate) have none.
+BUSY = ("[...document.querySelectorAll('[data-testid=status-tracker]:not(.hide)')]"
+        ".some(w => !w.querySelector('.error, .validation-error'))")
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")]
 
@@ -118,6 +124,28 @@ def page(request):
                 pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
 
 
+def settled(pg, timeout_ms: int = 60_000) -> None:
+    """Wait until no event that shows its progress is waiting or running (call it right after the action that sends
+    one: the outputs show as pending from the click on)."""
+    pg.wait_for_function(f"() => !({BUSY})", timeout=timeout_ms)
+
+
+def open_app(pg, url: str) -> None:
+    """Load the page and wait for the answers to its load events (they set the dataset lists, the device list and the
+    runs list: an action before them races them). They are sent together and the memory estimate is one of them: once
+    it is drawn, every one has been sent, and the outputs of those not answered yet show as pending."""
+    pg.goto(url)
+    pg.wait_for_selector("#start")
+    pg.wait_for_function("() => !!document.querySelector('#memory-estimate')?.innerText.trim()", timeout=60_000)
+    settled(pg)
+
+
+def accordion(pg, elem_id: str):
+    """The header of the accordion `elem_id` (what opens and closes it; a click on the block itself lands on whatever
+    is at its centre)."""
+    return pg.locator(f"#{elem_id} > button.label-wrap")
+
+
 def pick(pg, elem_id: str, option: str) -> None:
     """Choose one option of a single-choice dropdown."""
     pg.locator(f"#{elem_id} input").first.click()
@@ -191,8 +219,7 @@ def lowest_priority(run: Path) -> None:
 
 def test_train_watch_list_and_abort(server, page, tiny_model):
     pg, workdir = page, server["workdir"]
-    pg.goto(server["url"])
-    pg.wait_for_selector("#start")
+    open_app(pg, server["url"])
     start_tiny_run(pg, tiny_model, "identity")
     run = followed_run(workdir, set())
     wait_status(pg, ("running", "done"), 60)
@@ -208,13 +235,17 @@ def test_train_watch_list_and_abort(server, page, tiny_model):
     pg.wait_for_selector("#loss-plot .st-chart[data-points='3']", timeout=30_000)  # the last point is drawn at the end
     x_ticks = [float(t) for t in pg.locator("#loss-plot .st-x text").all_text_contents()[:-1]]  # the last one is its title
     assert x_ticks == sorted(x_ticks) and x_ticks[0] >= 1 and x_ticks[-1] <= 3, x_ticks
+    expect(pg.locator("#final")).to_contain_text("train loss", use_inner_text=True, timeout=30_000)  # a component of its own
     assert "done" in pg.inner_text("#final") and "train loss" in pg.inner_text("#final")
     assert pg.input_value("#f-model-name_or_path input") == str(tiny_model)
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "log"][-1] == 3
-    # the run is in the runs list
-    pg.wait_for_function(f"() => document.querySelector('#runs-table')?.innerText.includes('{run.name}')", timeout=30_000)
-    rows = pg.evaluate("() => [...document.querySelectorAll('#runs-table tr')].map(r => [...r.querySelectorAll('td')].map(c => c.textContent.trim()))")
+    # the run is in the runs list (gradio's table draws its rows as div[role=row] of div[role=gridcell]; its <tr> is a
+    # hidden copy of the first row, for the column widths); the list had it already, running, since Start
+    row_js = ("() => [...document.querySelectorAll('#runs-table div[role=row]')]"
+              ".map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.textContent.trim()))")
+    pg.wait_for_function(f"() => ({row_js})().some(r => r[0] === '{run.name}' && !['running', 'queued'].includes(r[1]))", timeout=30_000)
+    rows = pg.evaluate(row_js)
     row = next(r for r in rows if r and r[0] == run.name)
     assert row[1] == "done" and row[6] == "3/3" and float(row[7]) > 0, row
 
@@ -255,30 +286,35 @@ def test_train_watch_list_and_abort(server, page, tiny_model):
         time.sleep(0.5)
     assert not runs.group_alive(job["pgid"]), "processes of the aborted run are still alive"
     assert runs.status(second) == "aborted"
-    assert "aborted" in pg.inner_text("#final")
+    expect(pg.locator("#final")).to_contain_text("aborted", use_inner_text=True, timeout=30_000)
 
 
 def test_preview_and_register_a_dataset(server, page, tmp_path):
     pg, workdir = page, server["workdir"]
-    pg.goto(server["url"])
-    pg.wait_for_selector("#start")
+    open_app(pg, server["url"])
+    inflight: set = set()  # the page's queue requests not finished yet (a stream of answers ends when none is left)
+    pg.on("request", lambda r: inflight.add(r) if "/queue/" in r.url else None)
+    pg.on("requestfinished", lambda r: inflight.discard(r))
+    pg.on("requestfailed", lambda r: inflight.discard(r))
     # the preview of the page's datasets (the first 32 of identity, then of alpaca_demo): counts, and the answers highlighted as the
     # tokens that carry the loss
-    pg.click("#data-preview")
+    accordion(pg, "data-preview").click()
     pg.click("#preview-data")
     pg.wait_for_function("() => document.querySelector('#preview-counts')?.innerText.includes('trained tokens')", timeout=180_000)
     counts = pg.inner_text("#preview-counts")
     assert "64 examples" in counts and "0 dropped" in counts
+    pg.wait_for_selector("#preview-body .st-example .t", timeout=30_000)  # the examples: a component of their own
     trained = pg.locator("#preview-body .st-example .t").first.inner_text()
     assert "Pico" in trained
     # upload a file, map its columns, preview it, save it into dataset_info.json
     upload = tmp_path / "faq.jsonl"
     upload.write_text("\n".join(json.dumps({"question": f"Question {i}?", "answer": f"Answer {i}."}) for i in range(4)) + "\n")
-    pg.click("#add-dataset")
+    accordion(pg, "add-dataset").click()
     pg.locator("#upload input[type=file]").set_input_files(str(upload))
     pg.wait_for_function("() => document.querySelector('#new-name textarea, #new-name input')?.value === 'faq'", timeout=60_000)
     pg.click("#new-preview")
     pg.wait_for_function("() => document.querySelector('#add-dataset')?.innerText.includes('4 examples')", timeout=180_000)
+    pg.wait_for_selector("#add-dataset .st-example .t", timeout=30_000)  # the examples are drawn beside the counts
     assert "Answer 0." in pg.locator("#add-dataset .st-example .t").first.inner_text()
     pg.click("#new-save")
     pg.wait_for_function("() => document.querySelector('#add-dataset')?.innerText.includes('saved in')", timeout=30_000)
@@ -291,8 +327,13 @@ def test_preview_and_register_a_dataset(server, page, tmp_path):
     for tab in ("Evaluate & Predict", "Chat", "Export", "Data", "Train"):
         pg.get_by_role("tab", name=tab).click()
         if tab == "Chat":
-            pg.click("#chat-api")  # the API panel's server status
-    pg.wait_for_timeout(1500)  # the events that visiting a tab starts are over
+            accordion(pg, "chat-api").click()  # the API panel's server status
+    settled(pg)  # the events that visiting a tab starts are over: those that show progress are answered,
+    pg.evaluate("() => 0")  # (a round trip: the requests the clicks sent have been seen here)
+    deadline = time.time() + 60
+    while inflight and time.time() < deadline:  # and every queue request, and its stream of answers, has ended
+        pg.wait_for_timeout(100)
+    assert not inflight, [r.url for r in inflight]
     sent = []
     pg.on("request", lambda r: sent.append(r.url) if "/queue/" in r.url else None)
     pg.wait_for_timeout(5000)

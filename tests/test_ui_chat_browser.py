@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from test_ui_browser import CHROMIUM, page, server, set_number  # noqa: F401  (fixtures)
+from test_ui_browser import CHROMIUM, accordion, open_app, page, server, set_number, settled  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 
@@ -29,15 +29,25 @@ def wait_idle(pg, timeout_s: float) -> None:
     pg.wait_for_function("() => document.querySelector('#chat-status [data-busy]')?.dataset.busy === '0'", timeout=timeout_s * 1000)
 
 
+def wait_answered(pg, timeout_s: float) -> None:
+    """The first message of a fresh chat is answered (or refused): the status is idle again and A shows an answer.
+    Before the send the status is idle too, with no answer; while it runs it is busy, which a check every 100 ms can
+    miss when the answer is short."""
+    pg.wait_for_function("() => { const s = document.querySelector('#chat-status [data-busy]'); return s?.dataset.busy === '0' && "
+                         "(s.dataset.kind === 'error' || document.querySelectorAll('#chat-a .message.bot').length > 0) }",
+                         timeout=timeout_s * 1000)
+
+
 def test_side_by_side_identity_vs_base_and_save(server, page, identity_run):
     pg, workdir = page, server["workdir"]
     run = workdir / "runs" / "identity_lora"
     shutil.copytree(identity_run / "adapter", run / "adapter")
     for f in ("spec.yaml", "events.jsonl"):
         shutil.copy(identity_run / f, run / f)
-    pg.goto(server["url"])
+    open_app(pg, server["url"])
     pg.get_by_role("tab", name="Chat").click()
     pg.click("#refresh-top")
+    settled(pg)  # the adapter lists are read again
     pick(pg, "f-model-adapter", "identity_lora (done)")
     pg.locator("#chat-side input").check()
     pg.wait_for_selector("#chat-b", state="visible")
@@ -48,13 +58,12 @@ def test_side_by_side_identity_vs_base_and_save(server, page, identity_run):
     assert "identity_lora" in status and "B" in status, status
     assert (pg.locator("#chat-status [data-kind]").get_attribute("data-kind") == "info"), status
 
-    pg.locator("#chat-gen").get_by_text("generation").first.click()  # the settings are in a closed accordion
+    accordion(pg, "chat-gen").click()  # the settings are in a closed accordion
     set_number(pg, "chat-temperature", 0)
     set_number(pg, "chat-max-new-tokens", 40)
     pg.locator("#chat-msg textarea").fill("Who are you?")
     pg.click("#chat-send")
-    pg.wait_for_function("() => document.querySelector('#chat-status [data-busy]')?.dataset.busy === '1'", timeout=30_000)
-    wait_idle(pg, 600)
+    wait_answered(pg, 600)
     a, b = last_answer(pg, "chat-a"), last_answer(pg, "chat-b")
     assert "Pico" in a, a
     assert b.strip() and "Pico" not in b, b
@@ -105,7 +114,7 @@ def test_side_by_side_identity_vs_base_and_save(server, page, identity_run):
     set_number(pg, "chat-temperature", 1)
     pg.locator("#chat-msg textarea").fill("Write a very long story about the sea, with many chapters.")
     pg.click("#chat-send")
-    pg.wait_for_function("() => document.querySelector('#chat-status [data-busy]')?.dataset.busy === '1'", timeout=30_000)
+    # B is answering the new message (its second answer has words): the status is busy until it ends
     pg.wait_for_function("() => { const b = document.querySelectorAll('#chat-b .message.bot'); "
                          "return b.length >= 2 && b[b.length - 1].innerText.trim().split(/\\s+/).length >= 3 }", timeout=300_000)
     pg.click("#chat-stop")

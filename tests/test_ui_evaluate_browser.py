@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from playwright.sync_api import expect
 
 from studio import spec as specmod
-from test_ui_browser import CHROMIUM, choose, page, server, set_number  # noqa: F401  (fixtures)
+from test_ui_browser import CHROMIUM, choose, open_app, page, server, set_number, settled  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 
@@ -28,12 +29,19 @@ def make_adapter_run(run, default_model_dir) -> None:
     specmod.dump(spec, run / "spec.yaml")
 
 
+def wait_rows(pg, elem_id: str, n: int) -> None:
+    """Wait until the table `elem_id` draws `n` rows (gradio's table: div[role=row]; the count above it is a component
+    of its own, and may be drawn first)."""
+    pg.wait_for_function(f"() => document.querySelectorAll('#{elem_id} div[role=row]').length === {n}", timeout=30_000)
+
+
 def test_compare_and_browse_predictions(server, page, default_model_dir):
     pg, workdir = page, server["workdir"]
     make_adapter_run(workdir / "runs" / "rand_lora", default_model_dir)
-    pg.goto(server["url"])
+    open_app(pg, server["url"])
     pg.get_by_role("tab", name="Evaluate & Predict").click()
     pg.click("#eval-refresh")
+    settled(pg)  # the run and dataset lists are read again (an answer that came after a choice would land on it)
     choose(pg, "ev-data-eval_dataset", "identity_eval")
     choose(pg, "ev-eval-compare", "runs/rand_lora")
     set_number(pg, "ev-data-max_samples", 3)
@@ -56,17 +64,24 @@ def test_compare_and_browse_predictions(server, page, default_model_dir):
     assert "base" in metrics_text and "rouge-l" in metrics_text and str(result["models"][0]["bleu-4"]) in metrics_text
     # the predictions of the last model, sortable and filterable
     pg.wait_for_function("() => document.querySelector('#eval-count')?.innerText.includes('3 of 3')", timeout=30_000)
+    wait_rows(pg, "eval-predictions", 3)
     rows = [json.loads(line) for line in (run / "predictions-rand_lora.jsonl").read_text().splitlines()]
     text = pg.inner_text("#eval-predictions")
     at = [text.index(r["query"]) for r in sorted(rows, key=lambda r: r["rouge-l"])]  # worst first
     assert at == sorted(at), text
+    expect(pg.locator("#eval-extremes")).to_contain_text("Worst samples", use_inner_text=True, timeout=30_000)
     assert "Worst samples" in pg.inner_text("#eval-extremes") and worst_query(rows) in pg.inner_text("#eval-extremes")
     box = pg.locator("#eval-search input, #eval-search textarea").first
     box.fill(rows[1]["query"])
     box.press("Enter")
     pg.wait_for_function("() => document.querySelector('#eval-count')?.innerText.includes('1 of 3')", timeout=30_000)
+    wait_rows(pg, "eval-predictions", 1)
     text = pg.inner_text("#eval-predictions")
     assert rows[1]["query"] in text and rows[0]["query"] not in text
+    # the search box also redraws the table when it loses focus (as it does when the model list opens): that event is
+    # answered first, or its answer, naming this model, could land after the choice of the other one
+    box.blur()
+    settled(pg)
     # the other model's predictions
     choose_single = pg.locator("#eval-model input").first
     choose_single.click()

@@ -3,7 +3,7 @@ memory estimate before Start, and the launch command in Preview command."""
 from __future__ import annotations
 
 import pytest
-from test_ui_browser import CHROMIUM, page, server, set_number  # noqa: F401  (fixtures)
+from test_ui_browser import CHROMIUM, accordion, open_app, page, server, set_number  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")]
 
@@ -17,11 +17,10 @@ def test_launch_fields_estimate_and_preview(server, page):  # noqa: F811
     from studio import spec as specmod
 
     pg = page
-    pg.goto(server["url"])
-    pg.wait_for_selector("#start")
+    open_app(pg, server["url"])  # the page's load fills the device list too (this machine's GPUs)
     pg.wait_for_function("() => document.querySelector('#memory-estimate')?.innerText.includes('GiB per GPU')", timeout=60_000)
     one = _estimate(pg)
-    pg.click("#launch-group button")  # open the accordion
+    accordion(pg, "launch-group").click()  # open the accordion
     # the device list: what this machine has (the CPU always)
     pg.locator("#f-launch-devices input").first.click()
     pg.wait_for_selector("#f-launch-devices [role=listbox]")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from playwright.sync_api import expect
 
-from test_ui_browser import CHROMIUM, DRAWN, followed_run, page, pick, progress, server, start_tiny_run, wait_status  # noqa: F401
+from test_ui_browser import (CHROMIUM, DRAWN, followed_run, open_app, page, pick, progress, server, settled, start_tiny_run,  # noqa: F401
+                             wait_status)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 
@@ -21,19 +23,24 @@ def options(pg, elem_id: str) -> list[str]:
     return names
 
 
+def section(pg, title: str):
+    """The header of the accordion titled `title` (one element: its title is unique on the page)."""
+    return pg.locator("button.label-wrap", has=pg.get_by_text(title, exact=True))
+
+
 def visible(pg, title: str) -> bool:
-    return pg.get_by_text(title, exact=True).first.is_visible()
+    return section(pg, title).is_visible()
 
 
 def test_dpo_on_the_page_shows_its_fields_fitting_data_and_margins(server, page, tiny_model):
     pg, workdir = page, server["workdir"]
-    pg.goto(server["url"])
-    pg.wait_for_selector("#start")
+    open_app(pg, server["url"])  # the page's load sets the dataset lists too: it is answered before the stage changes them
     assert not visible(pg, "DPO / ORPO / SimPO options")
     pick(pg, "f-method-stage", "dpo")
-    pg.wait_for_function("() => [...document.querySelectorAll('button, span')].some(e => e.innerText === 'DPO / ORPO / SimPO options' && e.offsetParent)")
+    settled(pg)  # the stage's change is answered: its sections shown, the dataset lists narrowed
+    section(pg, "DPO / ORPO / SimPO options").wait_for(state="visible", timeout=30_000)
     assert not visible(pg, "GRPO options") and not visible(pg, "KTO options")
-    assert pg.locator("#f-method-dpo-beta").is_visible()
+    expect(pg.locator("#f-method-dpo-beta")).to_be_visible(timeout=30_000)
     offered = options(pg, "f-data-dataset")
     assert offered == ["identity_pairs", "identity_pairs_eval"], offered  # the SFT entries are not offered
 
