@@ -48,6 +48,7 @@ test-fast: $(STAMP)
 bench: $(STAMP) /usr/bin/chromium
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/benchmarks.py
 	$(BIN)/python bench/overheads.py
 	$(BIN)/python bench/webui.py
 	$(BIN)/python bench/report.py

@@ -93,8 +93,8 @@ def test_batched_generation_equals_one_at_a_time(tiny_model, tiny_run, monkeypat
 
     word = Counter(t for a in one for t in tok(a, add_special_tokens=False)["input_ids"][1:]).most_common(1)[0][0]
     monkeypatch.setattr(template, "stop_token_ids", lambda ids=template.stop_token_ids(): [*ids, word])
-    joins, join = [], batchgen._join
-    monkeypatch.setattr(batchgen, "_join", lambda a, b, pad: joins.append(len(b["rows"])) or join(a, b, pad))
+    joins, join = [], batchgen.join
+    monkeypatch.setattr(batchgen, "join", lambda a, b, pad: joins.append(len(b["rows"])) or join(a, b, pad))
     one, n1 = evaluate.generate(model, tok, template, prompts, specmod.EvalSpec(batch_size=1, max_new_tokens=12), print)
     many, n4 = evaluate.generate(model, tok, template, prompts, specmod.EvalSpec(batch_size=4, max_new_tokens=12), print)
     assert one == many and n1 == n4 and 0 < n1 < 12 * len(prompts)

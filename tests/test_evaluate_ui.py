@@ -71,3 +71,25 @@ def test_progress_bar_counts_samples(tab):
     text = tab.progress_html(events, "running", "runs/e")
     assert "data-done='3'" in text and "data-total='8'" in text and "1.50 samples/s" in text and "model base" in text
     assert "data-done='8'" in tab.progress_html(events + [{"event": "done", "t": 3}], "done", "runs/e")
+
+
+def test_a_pair_evaluation_counts_pairs_and_shows_one_row_per_model_with_its_columns_explained(tab):
+    """Issue #32, item 4: progress in pairs (4 pairs x 1 run, not "1/1 samples"), a base row, columns explained, and
+    the empty Predictions section saying why the generation settings do not apply."""
+    from studio.evaluate import prefscore
+
+    events = [{"event": "start", "t": 1, "total_steps": 4, "unit": "pairs"},
+              {"event": "progress", "t": 2, "done": 3, "total": 4, "rate": 1.5, "unit": "pairs", "model": "run"}]
+    text = tab.progress_html(events, "running", "runs/e")
+    assert "3/4 pairs" in text and "1.50 pairs/s" in text and "samples" not in text
+    assert "4/4 pairs" in tab.progress_html(events + [{"event": "done", "t": 3}], "done", "runs/e")
+    scores = {"pairs": 4, "base_prefers_chosen": 0.25, "trained_prefers_chosen": 0.5, "margin_positive": 1.0, "mean_margin": 2.5}
+    result = {"pairs": True, "models": prefscore.rows("run", scores)}
+    frame = tab.metrics_frame(result)
+    assert list(frame["model"]) == ["base", "run"] and list(frame["prefers_chosen"]) == [0.25, 0.5]
+    assert list(frame.columns) == ["model", "pairs", "prefers_chosen", "margin_positive", "mean_margin"]
+    note = tab.empty_note(result)
+    for col in frame.columns[1:]:
+        assert f"`{col}`" in note, col
+    assert "not answered" in note and "max new tokens" in note
+    assert "open an evaluation" in tab.empty_note(None)

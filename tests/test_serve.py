@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -313,6 +314,30 @@ def test_the_chat_tab_lines_name_the_model_the_server_serves():
     assert served_name(None, "runs/identity_lora/adapter") == "identity_lora" and served_name(None, None) == "default"
 
 
+def test_the_api_lines_name_the_host_port_and_models_the_running_server_serves(tmp_path):
+    from studio.ui import serve_panel
+
+    run = tmp_path / "runs" / "serve-identity_lora"
+    run.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)  # the server's process group, alive
+    try:
+        (run / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+        (run / "events.jsonl").write_text(json.dumps({"t": 1.0, "event": "start", "task": "serve", "url": "http://127.0.0.1:9321/v1",
+                                                      "models": ["default", "identity_lora"], "base": "default"}) + "\n")
+        text = serve_panel.code("default", "runs/identity_lora", "", 8000, str(run))  # the port box still says 8000
+        assert "http://127.0.0.1:9321/v1" in text and "--port 9321" in text and "8000" not in text
+        assert '"model": "identity_lora"' in text
+        text = serve_panel.code("default", "", "", 8000, str(run))  # the top bar moved to the base: it is served too
+        assert '"model": "default"' in text and "9321" in text
+        text = serve_panel.code("default", "runs/other", "", 8000, str(run))  # not served: the adapter that is
+        assert '"model": "identity_lora"' in text
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the server has ended: the lines follow the port box again
+    assert "http://127.0.0.1:8123/v1" in serve_panel.code("default", "", "", 8123, str(run))
+
+
 def test_the_page_starts_a_server_as_a_job_and_stops_it(tiny_model, tmp_path, monkeypatch):
     from studio.ui import jobs, serve_panel
 
@@ -336,5 +361,10 @@ def test_the_page_starts_a_server_as_a_job_and_stops_it(tiny_model, tmp_path, mo
     while ev.final(ev.read_all(run_dir)) is None and time.time() < deadline:
         time.sleep(0.5)
     assert ev.final(ev.read_all(run_dir))["event"] == "done" and "stopped" in serve_panel.status(run_dir)
+    pid = json.loads((Path(run_dir) / "job.json").read_text())["pid"]
+    deadline = time.time() + 30
+    while psutil.pid_exists(pid) and time.time() < deadline:  # a zombie exists until it is reaped
+        time.sleep(0.2)
+    assert not psutil.pid_exists(pid), f"the stopped server is left as {psutil.Process(pid).status()}"
     with pytest.raises(Exception, match="not found"):
         serve_panel.server_spec(tmp_path, tmp_path / "runs", None, "runs/missing", port)

@@ -77,12 +77,18 @@ def test_dpo_through_the_cli_logs_margins_and_the_adapter_reloads_in_peft(tiny_m
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads((out / "metrics.json").read_text())
-    (row,) = result["models"]
-    assert result["pairs"] and row["name"] == "run" and row["pairs"] == len(json.loads((ROOT / "data" / "identity_pairs_eval.json").read_text()))
-    assert all(0 <= row[k] <= 1 for k in ("base_prefers_chosen", "trained_prefers_chosen", "margin_positive")), row
+    base, row = result["models"]  # one row per model: the base (the reference of every margin), then the run
+    n = len(json.loads((ROOT / "data" / "identity_pairs_eval.json").read_text()))
+    assert result["pairs"] and base["name"] == "base" and row["name"] == "run" and row["pairs"] == base["pairs"] == n
+    assert all(0 <= row[k] <= 1 for k in ("prefers_chosen", "margin_positive")) and 0 <= base["prefers_chosen"] <= 1, row
+    assert "margin_positive" not in base
+    pairs_done = [e for e in ev.read_all(out) if e["event"] == "progress"]
+    assert pairs_done[-1]["done"] == pairs_done[-1]["total"] == n and pairs_done[-1]["unit"] == "pairs"  # progress in pairs
     from studio.ui.evaluate_tab import metrics_frame
 
-    assert list(metrics_frame(result).columns) == ["model", "pairs", "base_prefers_chosen", "trained_prefers_chosen", "margin_positive", "mean_margin"]
+    frame = metrics_frame(result)
+    assert list(frame.columns) == ["model", "pairs", "prefers_chosen", "margin_positive", "mean_margin"]
+    assert list(frame["model"]) == ["base", "run"]
     # pairs score preference runs only: the base model alone is refused before start, naming the field
     r = subprocess.run([sys.executable, "-m", "studio", "eval", f"output_dir={tmp_path / 'base_pairs'}", f"model.name_or_path={tiny_model}",
                         f"data.dataset_dir={ROOT / 'data'}", "data.eval_dataset=[identity_pairs_eval]"],
@@ -307,3 +313,46 @@ def test_dataset_preview_shows_each_pair_with_both_answers_trained(tiny_model):
     g = preview.preview(specmod.load(None, [f"model.name_or_path={tiny_model}", "method.stage=grpo", "data.dataset=[arith_prompts]",
                                             "method.grpo.num_generations=2"]), limit=1)
     assert "reason" not in g and "reference:" in g["examples"][0]["loc"]
+
+
+def _page_spec(overrides: list[str]):
+    """The page's first spec (train_tab.DEFAULTS) with `overrides`."""
+    from studio.ui import train_tab
+
+    data = specmod.parse_overrides(train_tab.DEFAULTS + overrides)
+    data["output_dir"] = "runs/auto"
+    return specmod.from_dict(specmod.JobSpec, data)
+
+
+def test_choosing_a_stage_takes_its_defaults_and_drops_the_datasets_that_do_not_fit():
+    """Issue #32, items 1-2: the page's dpo defaults learn on a few pairs (full rate from step 1, steps to spare), the
+    page's own values come back for sft, and the SFT datasets chosen are dropped with a line naming them and why."""
+    from studio.data import preference
+    from studio.ui import stage_fields, train_tab
+
+    base = train_tab.default_spec()
+    page = {k: specmod.get(base, k) for k in stage_fields.form_values("sft", {})}
+    dpo = stage_fields.form_values("dpo", page)
+    assert dpo["train.max_steps"] >= 8 and dpo["train.warmup_ratio"] == 0 and dpo["train.warmup_steps"] == 0
+    assert stage_fields.form_values("sft", page) == page and page["train.max_steps"] == -1
+    spec = _page_spec(["method.stage=dpo", "data.dataset=[identity_pairs]"] + [f"{k}={v}" for k, v in dpo.items()])
+    assert specmod.too_short(spec, 4) == ""
+    kept, line = stage_fields.not_fitting("dpo", {"data.dataset": ["identity", "alpaca_demo"], "data.eval_dataset": []},
+                                          preference.fitting(ROOT / "data", "dpo"), {"identity": "chat", "alpaca_demo": "chat"})
+    assert kept == {"data.dataset": [], "data.eval_dataset": []}
+    assert "`identity` (chat), `alpaca_demo` (chat)" in line and "data.dataset" in line and "ranking" in line, line
+    assert stage_fields.not_fitting("dpo", {"data.dataset": ["identity_pairs"]}, ["identity_pairs"], {}) == ({"data.dataset": ["identity_pairs"]}, "")
+    note = stage_fields.stage_note("dpo", dpo, line)
+    assert "train.max_steps=" in note and "alpaca_demo" in note
+
+
+def test_a_run_too_short_to_learn_is_named():
+    """The page's SFT defaults on 4 pairs with stage dpo: 2 steps, 1 warming up (what the issue saw: nothing learned)."""
+    spec = _page_spec(["method.stage=dpo"])
+    line = specmod.too_short(spec, 4)
+    assert "2 optimizer step(s), 1 of them warming up" in line and "train.max_steps" in line and "0.6931" in line, line
+    assert specmod.too_short(spec, None) == ""  # a run by epochs whose data is not known is not judged
+    spec.train.max_steps, spec.train.warmup_steps = 10, 8
+    assert "10 optimizer step(s), 8 of them" in specmod.too_short(spec)
+    spec.train.warmup_steps = 0
+    assert specmod.too_short(spec) == ""

@@ -12,6 +12,7 @@ import yaml
 
 from conftest import ROOT, tiny_spec
 from studio import spec as specmod
+from studio.evaluate import scorecard
 from studio.launch import sweep
 from studio.run import events as ev
 from studio.run import status as runs
@@ -41,6 +42,7 @@ def test_a_sweep_queues_one_run_per_point_and_compares_them(tiny_model, tmp_path
     data["sweep"] = {"train.learning_rate": [1.0e-2, 1.0e-5]}
     spec_file.write_text(yaml.safe_dump(data))
     over = tiny_spec(tiny_model, tmp_path, output_dir=tmp_path / "runs" / "lr", **{"train.max_steps": 2, "data.val_size": 0.2})
+    over += ["train.benchmarks=[studio_identity]", "eval.benchmark_limit=4"]  # scored after each run; the base once
     dry = _studio("train", str(spec_file), *over, "sweep.train.seed=[1]", "--dry-run")
     assert dry.returncode == 0 and "2 points, grid" in dry.stdout and "point-2  train.learning_rate=1e-05 train.seed=1" in dry.stdout, dry.stdout
     assert not (tmp_path / "runs").exists()
@@ -54,10 +56,14 @@ def test_a_sweep_queues_one_run_per_point_and_compares_them(tiny_model, tmp_path
     assert first[-1]["t"] <= runs.job_info(points[1])["started"]  # one after the other
     assert [r.name for r in runs.list_runs(tmp_path / "runs")] == ["lr/point-2", "lr/point-1"]
     table = sweep.compare(points)
-    assert table["columns"] == ["run", "status", "train.learning_rate", "final train loss", "best eval loss", "best"]
+    assert table["columns"] == ["run", "status", "train.learning_rate", "final train loss", "best eval loss", "studio_identity", "best"]
     evals = [ev.final(e)["eval_loss"] for e in (first, second)]
     assert [r[4] for r in table["rows"]] == evals
-    assert [r[5] for r in table["rows"]] == ["best" if e == min(evals) else "" for e in evals]
+    assert [r[6] for r in table["rows"]] == ["best" if e == min(evals) else "" for e in evals]
+    bench = [scorecard.read(p) for p in points]
+    assert [r[5] for r in table["rows"]] == [b["models"][p.name]["studio_identity"]["value"] for b, p in zip(bench, points)]
+    assert bench[1]["models"]["base"]["studio_identity"]["cached"]  # the base scored once, by the first point (or earlier)
+    assert ev.final(first)["bench/studio_identity"] == round(bench[0]["models"]["point-1"]["studio_identity"]["value"], 4)
     assert "best eval loss" in res.stdout and "lr/point-1" in res.stdout
     again = _studio("train", str(spec_file), *over)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr

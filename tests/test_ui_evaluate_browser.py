@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from studio import spec as specmod
-from test_ui_browser import CHROMIUM, choose, open_app, page, server, set_number, settled  # noqa: F401  (fixtures)
+from test_ui_browser import CHROMIUM, accordion, choose, open_app, page, pick, server, set_number, set_text, settled  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 
@@ -96,3 +96,57 @@ def test_compare_and_browse_predictions(server, page, default_model_dir):
 
 def worst_query(rows: list[dict]) -> str:
     return min(rows, key=lambda r: r["rouge-l"])["query"]
+
+
+def test_benchmarks_and_a_judge_base_against_a_run(server, page, default_model_dir):
+    """Pick benchmark tasks, a run to compare and a judge (the default model) in the Evaluate tab; read the models x
+    tasks table with deltas, the win rate and the judged pairs side by side."""
+    pg, workdir = page, server["workdir"]
+    make_adapter_run(workdir / "runs" / "rand_lora", default_model_dir)
+    open_app(pg, server["url"])
+    pg.get_by_role("tab", name="Evaluate & Predict").click()
+    pg.click("#eval-refresh")
+    settled(pg)
+    choose(pg, "ev-data-eval_dataset", "identity_eval")
+    choose(pg, "ev-eval-compare", "runs/rand_lora")
+    set_number(pg, "ev-data-max_samples", 2)
+    set_number(pg, "ev-eval-max_new_tokens", 8)
+    choose(pg, "ev-eval-benchmarks", "studio_identity")
+    set_text(pg, "ev-eval-benchmark_limit", "4")
+    accordion(pg, "eval-judge-box").click()
+    pick(pg, "ev-eval-judge", "pairwise")
+    set_number(pg, "ev-eval-judge_max_new_tokens", 16)
+    settled(pg)
+    pg.click("#eval-start")
+    pg.wait_for_function("() => document.querySelector('#eval-message')?.innerText.includes('Started')", timeout=60_000)
+    pg.wait_for_function("() => ['done', 'error', 'crashed'].includes(document.querySelector('#eval-progress [data-status]')?.dataset.status)",
+                         timeout=600_000)
+    assert pg.locator("#eval-progress [data-status]").get_attribute("data-status") == "done", pg.inner_text("#eval-progress")
+    run = next(p for p in (workdir / "runs").iterdir() if "-eval-" in p.name)
+    bench = json.loads((run / "benchmarks.json").read_text())
+    assert list(bench["models"]) == ["base", "rand_lora"] and bench["tasks"] == ["studio_identity"]
+
+    # the table: one row per model, the run's delta against the base, red where it lost more than the stderr
+    table = pg.locator("#eval-benchmarks table[aria-label='benchmark scores']")
+    expect(table).to_be_visible(timeout=30_000)
+    tuned, base = bench["models"]["rand_lora"]["studio_identity"], bench["models"]["base"]["studio_identity"]
+    row = table.get_by_role("row").filter(has_text="rand_lora")
+    expect(row).to_contain_text(f"{tuned['value'] * 100:.1f}", use_inner_text=True)
+    expect(row).to_contain_text(f"({tuned['delta'] * 100:+.1f})", use_inner_text=True)
+    expect(table.get_by_role("row").filter(has_text="(base)")).to_contain_text(f"{base['value'] * 100:.1f}", use_inner_text=True)
+    assert row.locator("td").first.get_attribute("data-lost") == str(tuned["lost"]).lower()
+
+    # the judge: win rate with its interval, and every judged pair with both orders' reasons
+    judge = json.loads((run / "judge.json").read_text())
+    s = judge["pairs"][0]["summary"]
+    expect(pg.locator("#eval-judge")).to_contain_text(f"win rate {s['win_rate'] * 100:.0f}%", use_inner_text=True, timeout=30_000)
+    assert f"{s['wins']} wins" in pg.inner_text("#eval-judge") and "rand_lora vs base" in pg.inner_text("#eval-judge")
+    wait_rows(pg, "eval-judgements", 2)
+    items = [json.loads(line) for line in (run / "judgements.jsonl").read_text().splitlines()]
+    text = pg.inner_text("#eval-judgements")
+    for item in items:
+        assert item["prompt"] in text and all(o["reason"][:30] in text for o in item["orders"])
+    pick(pg, "eval-judge-sort", "losses first")
+    first = next((i for i in items if i["verdict"] == "b"), items[0])
+    pg.wait_for_function(f"() => document.querySelector('#eval-judgements div[role=row]')?.innerText.includes({json.dumps(first['prompt'])})",
+                         timeout=30_000)

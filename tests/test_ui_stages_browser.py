@@ -46,6 +46,8 @@ def test_dpo_on_the_page_shows_its_fields_fitting_data_and_margins(server, page,
 
     start_tiny_run(pg, tiny_model, "identity_pairs")
     run = followed_run(workdir, set())
+    # 3 steps: started, and said to be too short to learn
+    pg.wait_for_function("() => document.querySelector('#message')?.innerText.includes('too short to learn')", timeout=180_000)
     wait_status(pg, ("done", "error", "crashed"), 600)
     assert progress(pg)["status"] == "done", pg.inner_text("#final")
     pg.wait_for_selector(DRAWN % "stage-plot", timeout=30_000)
@@ -55,3 +57,32 @@ def test_dpo_on_the_page_shows_its_fields_fitting_data_and_margins(server, page,
     assert "stage: dpo" in spec and "identity_pairs" in spec
     logs = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if '"log"' in x]
     assert any("rewards/margins" in e for e in logs)
+
+
+def tokens(pg, elem_id: str) -> list[str]:
+    return [t.strip() for t in pg.locator(f"#{elem_id} .token").all_inner_texts()]
+
+
+def test_choosing_dpo_takes_its_defaults_and_drops_the_sft_datasets_saying_why(server, page):
+    """Issue #32, items 1-2: the page's SFT datasets and steps do not carry over to dpo (the datasets chosen are dropped
+    with a line naming them, the form takes the dpo defaults from the stage table), and sft brings the page's back."""
+    from studio.spec.stages import STAGE_TABLE
+
+    pg = page
+    open_app(pg, server["url"])
+    assert tokens(pg, "f-data-dataset") == ["identity", "alpaca_demo"]
+    pick(pg, "f-method-stage", "dpo")
+    settled(pg)
+    note = pg.locator("#stage-note")
+    expect(note).to_contain_text("Removed from data.dataset", timeout=30_000)
+    text = note.inner_text()
+    assert "identity (chat), alpaca_demo (chat)" in text and "preference pairs" in text, text
+    assert tokens(pg, "f-data-dataset") == []
+    defaults = STAGE_TABLE["dpo"].defaults
+    for name in ("train.max_steps", "train.per_device_train_batch_size", "train.warmup_ratio"):
+        box = pg.locator(f"#f-{name.replace('.', '-')} input").first
+        assert float(box.input_value()) == defaults[name], name
+    pick(pg, "f-method-stage", "sft")
+    settled(pg)
+    expect(note).to_contain_text("page's own values", timeout=30_000)
+    assert pg.locator("#f-train-max_steps input").first.input_value() == "-1"

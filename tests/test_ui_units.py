@@ -336,3 +336,37 @@ def test_runs_compare_shows_only_differing_fields(tmp_path):
     assert sorted(set(curves["series"])) == ["a: loss", "b: loss"] and len(curves) == 4
     table = runs_view.table(tmp_path)
     assert set(table["run"]) == {"a", "b"} and set(table["last loss"]) == {"2.8000"}
+
+
+def test_the_chat_status_says_when_the_top_bar_names_another_model_than_a(monkeypatch):
+    from types import SimpleNamespace
+
+    from studio.ui import chat_tab
+
+    a = chat_tab.SESSIONS["a"]
+    monkeypatch.setattr(a, "model", object())  # loaded, without loading weights
+    monkeypatch.setattr(a, "source", SimpleNamespace(label="default"))
+    monkeypatch.setattr(a, "template", SimpleNamespace(name="qwen"))
+    monkeypatch.setitem(chat_tab.LOADED_FROM, "a", ("default", ""))
+    assert chat_tab.top_bar_note("default", "") == ""
+    note = chat_tab.top_bar_note("default", "runs/dpo_run")
+    assert "runs/dpo_run" in note and "press Load" in note
+    shown = chat_tab.status_html(note)
+    assert "role='status'" in shown and "A</b>: default" in shown and "press Load" in shown
+    assert "working ..." in chat_tab.status_html(busy=True) and "aria-busy='true'" in chat_tab.status_html(busy=True)
+
+
+def test_the_pickers_signature_changes_with_the_runs_and_only_then(tmp_path):
+    from studio.ui import pickers
+
+    root = tmp_path / "runs"
+    assert pickers.signature(root) == pickers.signature(root)
+    before = pickers.signature(root)
+    (root / "a").mkdir(parents=True)
+    after_new = pickers.signature(root)
+    assert after_new != before and after_new == pickers.signature(root)
+    (root / "a" / "events.jsonl").write_text('{"event": "start"}\n')
+    with_events = pickers.signature(root)
+    assert with_events != after_new
+    (root / "a" / "adapter").mkdir()
+    assert pickers.signature(root) != with_events

@@ -17,10 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio import spec as specmod
 from studio.model import models
-from studio.run.status import read_spec
 from studio.model.models import ModelError
+from studio.model.source import Resolved, resolve_folder
 
 
 class ChatError(ModelError):
@@ -64,68 +63,14 @@ class GenParams:
         return self
 
 
-@dataclass
-class Source:
-    """What to load, resolved from the user's model / adapter / template choice."""
-    model: str
-    adapter: Path | None
-    template: str
-    label: str
-    note: str = ""
-    quantization_bit: int | None = None
-    forced_quantization: bool = False  # asked for (--quantization-bit): also on a CPU
-
-
-def _run_spec(folder: Path) -> dict:
-    """The `model` section of the spec saved in (or beside) a folder (an export keeps training_spec.yaml), or {}."""
-    try:
-        run = read_spec(folder)
-    except specmod.SpecError as e:
-        raise ModelError(f"cannot read the run's spec: {e}") from None
-    return specmod.to_dict(run)["model"] if run else {}
-
-
-def _whole_model(p: Path) -> Path | None:
-    """The complete model a folder stands for: itself, a full fine-tune's model/, or an export run's export/."""
-    return next((c for c in (p, p / "model", p / "export") if (c / "config.json").exists()), None)
-
-
-def resolve(model: str | None = None, adapter: str | None = None, template: str | None = None) -> Source:
-    """Model name, adapter or run folder, template -> what to load. Raises ModelError with what to do."""
-    adapter_dir, run, quant = None, {}, None
-    if model and not adapter and Path(model).is_dir() and not (Path(model) / "config.json").exists():
-        model, adapter = None, model  # a run folder given as the model
-    if adapter:
-        p = Path(adapter).expanduser()
-        if not p.exists():
-            raise ModelError(f"adapter folder not found: {p}; give a run folder (runs/NAME) or its adapter/ folder")
-        whole = _whole_model(p)
-        if whole is not None and not (p / "adapter_config.json").exists() and not (p / "adapter").exists():
-            if model and not models.same_base(model, str(whole)):  # a full fine-tune or an export holds every weight
-                raise ModelError(f"{p} holds a whole model ({whole}), not an adapter; load it as the model, without `{model}`")
-            model = str(whole)
-            run = _run_spec(whole)
-        else:
-            adapter_dir = models.find_adapter(p)
-            run = _run_spec(adapter_dir)
-            quant = run.get("quantization_bit")
-            trained_on = models.adapter_base(adapter_dir)
-            if model and trained_on and not models.same_base(model, trained_on):
-                raise ModelError(f"the adapter {adapter_dir} was trained on `{trained_on}`, not on `{model}`; "
-                                 f"choose model `{trained_on}` (or leave the model empty to use it)")
-            model = model or trained_on or models.DEFAULT
-    else:
-        model = model or models.DEFAULT
-        if Path(model).expanduser().is_dir():
-            run = _run_spec(Path(model).expanduser())  # an export keeps a copy of the run's spec
-    run_template = run.get("template")
-    name = template or run_template or "auto"
-    note = ""
-    if template and run_template and template != run_template:
-        note = f"note: this model was trained with template `{run_template}`; rendering with `{template}` instead"
-    shown = Path(model).name if models.cache_root() in Path(model).parents else model
-    label = f"{shown}" + (f" + {adapter_dir}" if adapter_dir else "")
-    return Source(model, adapter_dir, name, label, note, quant)
+def resolve(model: str | None = None, adapter: str | None = None, template: str | None = None) -> Resolved:
+    """Model name, adapter or run folder, template -> what to load (studio.model.source.resolve_folder). A whole
+    model (a full fine-tune, an export) given as the adapter beside another model is refused. Raises ModelError."""
+    src = resolve_folder(adapter, model, template)
+    if adapter and src.adapter is None and model and not models.same_base(model, src.model):
+        raise ModelError(f"{Path(adapter).expanduser()} holds a whole model ({src.model}), not an adapter; load it as the "
+                         f"model, without `{model}`")
+    return src
 
 
 def prompt_ids(template, messages: list[dict]) -> list[int]:
@@ -215,9 +160,10 @@ class ChatSession:
 
         with self._load_lock:
             src = resolve(model, adapter, template)
+            quant, forced = src.quantization_bit, False  # an adapter trained on a quantized base: so loaded on a GPU
             if quantization_bit is not None:
                 models.check_quantization(quantization_bit)
-                src.quantization_bit, src.forced_quantization = quantization_bit, True
+                quant, forced = quantization_bit, True
             tok = models.load_tokenizer(src.model)
             if src.adapter is not None and (src.adapter / "tokenizer_config.json").exists():
                 tok = _adapter_tokenizer(src.adapter, tok)  # saved with the adapter, with the template it trained with
@@ -225,18 +171,22 @@ class ChatSession:
             check_template(tmpl)
             self.unload()  # everything checked: free the old model before loading the new one
             with self._lock:
-                self.model = self._load_weights(src)
+                self.model = self._load_weights(src, quant, forced)
                 self.tokenizer, self.template, self.source = tok, tmpl, src
-        return f"loaded {src.label} (template {tmpl.name})" + (f"\n{src.note}" if src.note else "")
+        note = ""
+        if template and src.run_template and template != src.run_template:
+            note = f"\nnote: this model was trained with template `{src.run_template}`; rendering with `{template}` instead"
+        return f"loaded {src.label} (template {tmpl.name})" + note
 
     @staticmethod
-    def _load_weights(src: Source):
+    def _load_weights(src: Resolved, quantization_bit: int | None, forced: bool):
+        """The weights; `quantization_bit` loads the base quantized on a GPU, and on a CPU too when `forced` (asked for)."""
         import torch
 
         from studio.spec import ModelSpec
 
         cuda = torch.cuda.is_available()
-        spec_model = ModelSpec(name_or_path=src.model, quantization_bit=src.quantization_bit if cuda or src.forced_quantization else None)
+        spec_model = ModelSpec(name_or_path=src.model, quantization_bit=quantization_bit if cuda or forced else None)
         model = models.load_model(spec_model, "auto")
         if cuda and not spec_model.quantization_bit:
             model = model.to("cuda")

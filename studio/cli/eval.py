@@ -27,7 +27,8 @@ def cmd_eval(args) -> int:
 
 
 def add_cli(sub) -> None:
-    e = sub.add_parser("eval", help="evaluate a model, adapter or run folder on datasets (BLEU-4, ROUGE, eval loss); "
+    e = sub.add_parser("eval", help="evaluate a model, adapter or run folder: predictions on datasets (BLEU-4, ROUGE, eval loss), "
+                                    "benchmarks through lm-evaluation-harness (eval.benchmarks=[studio_pack]), a judge (eval.judge=pairwise); "
                                     "`studio eval score FILE` scores an existing predictions.jsonl",
                        description="studio eval SPEC [key=value ...]   |   studio eval key=value ...   |   studio eval score PREDICTIONS.jsonl")
     e.add_argument("args", nargs="*", metavar="SPEC [key=value ...]", help="a spec file and/or key.sub=value overrides, or: score FILE")

@@ -7,6 +7,10 @@ cache joins the running one, both left-padded to one length (positions follow th
 moves nothing). A short answer never holds a row, and a batch does not end in a long tail of one or two rows.
 Greedy answers are those of batch size 1 (tests/test_evaluate.py). Out of memory halves the batch and starts the
 rows under way again.
+
+A batch is a dict: "rows" (what each row stands for: a prompt's index here, a request in studio/serve/engine.py),
+"ids" and "mask" (left-padded tensors, one row each) and "cache" (the KV cache). left_pad, joinable and join are
+shared with the server's engine.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ def halve_on_oom(e: BaseException, size: int, say) -> int:
     return size // 2
 
 
-def _left_pad(rows: list[list[int]], pad: int, device):
+def left_pad(rows: list[list[int]], pad: int, device):
+    """Token-id rows left-padded with `pad` to the longest -> (ids, mask) tensors on `device`; mask 0 on the padding."""
     import torch
 
     width = max(len(r) for r in rows)
@@ -41,15 +46,16 @@ def _left_pad(rows: list[list[int]], pad: int, device):
     return ids, mask
 
 
-def _joinable(cache) -> bool:
+def joinable(cache) -> bool:
     """Only plain per-layer key/value caches can be padded and joined (not sliding-window or quantized ones)."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _join(a: dict, b: dict, pad: int) -> dict:
-    """One batch from two: ids, mask and every layer's keys and values left-padded to the longer of the two."""
+def join(a: dict, b: dict, pad: int) -> dict:
+    """One batch from two (a's cache takes b's rows): ids, mask and every layer's keys and values left-padded to the
+    longer of the two; `pad` fills the ids. Both caches must be joinable."""
     import torch
 
     width = max(a["ids"].shape[1], b["ids"].shape[1])
@@ -112,12 +118,12 @@ def generate(model, tokenizer, template, prompts: list[list[int]], ecfg, say=pri
     while waiting or pool:
         try:
             free = size - (len(pool["rows"]) if pool else 0)
-            if waiting and (pool is None or (free >= max(1, size // 4) and _joinable(pool["cache"]))):
+            if waiting and (pool is None or (free >= max(1, size // 4) and joinable(pool["cache"]))):
                 rows = [waiting.popleft() for _ in range(min(free, len(waiting)))]
                 made.update({i: [] for i in rows})
-                ids, mask = _left_pad([prompts[i] for i in rows], pad, device)
+                ids, mask = left_pad([prompts[i] for i in rows], pad, device)
                 joined = advance({"rows": rows, "ids": ids, "mask": mask}, 1)  # the prompt pass and a first token
-                pool = pool if joined is None else joined if pool is None else _join(pool, joined, pad)
+                pool = pool if joined is None else joined if pool is None else join(pool, joined, pad)
             else:
                 pool = advance(pool, min(CHUNK, ecfg.max_new_tokens - max(len(made[i]) for i in pool["rows"])))
         except Exception as e:

@@ -11,7 +11,6 @@ shown by `studio runs`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -20,56 +19,28 @@ from pathlib import Path
 
 from studio.run import events as ev
 from studio.run import job
-from studio.run.status import read_spec
 from studio.evaluate import metrics as metricsmod
 from studio import spec as specmod
+from studio.model.source import Resolved, check_base, resolve_spec
 from studio.evaluate.batchgen import halve_on_oom
+from studio.evaluate.loading import load, prompt_ids  # noqa: F401  (also the names callers use)
 from studio.evaluate.predictions import HISTORY, METRICS, Sample, eval_datasets, read_samples, score_rows, table, write_jsonl
 
 
 @dataclass
-class Entry:
-    """One model to evaluate: the base (adapter None), an adapter on it, or a fully trained model folder."""
-    name: str
-    model: str  # base model name/path, or a full fine-tune's model/ folder
-    adapter: Path | None = None
-    template: str = "auto"
-    run: Path | None = None  # the training run folder, which keeps the evaluation history
+class Entry(Resolved):
+    """One model to evaluate (studio.model.source.Resolved): the base (adapter None), an adapter on it, or a fully
+    trained model folder; `run`, the training run folder, keeps the evaluation history."""
     predictions: str = "predictions.jsonl"
 
 
 # --- what to evaluate ---------------------------------------------------------------------------------
 
 
-def resolve(target: str, spec) -> Entry:
-    """An adapter folder, run folder or checkpoint -> Entry; refuses one trained on another base model."""
-    from studio.model import models
-
-    base = spec.model.name_or_path
-    if target == "base":
-        return Entry("base", base, template=spec.model.template)
-    p = Path(target)
-    if (p / "model" / "config.json").exists():  # a full or freeze run
-        folder, adapter = p / "model", None
-    else:
-        folder = adapter = models.find_adapter(p)
-    rs = read_spec(folder)
-    trained_on = (rs.model.name_or_path if rs else None) or models.adapter_base(folder)
-    if trained_on and not models.same_base(trained_on, base):
-        raise models.ModelError(f"{target} was trained on base model `{trained_on}`, but this evaluation uses `{base}`. "
-                                f"Set model.name_or_path={trained_on}, or choose an adapter trained on `{base}`.")
-    template = spec.model.template
-    if template == "auto":
-        template = rs.model.template if rs else "auto"
-    run = folder.parent if (folder.parent / "spec.yaml").exists() else (folder if (folder / "spec.yaml").exists() else None)
-    name = run.name if run else folder.name
-    if run and folder.name.startswith("checkpoint-"):
-        name = f"{run.name}-{folder.name}"
-    return Entry(name, str(folder) if adapter is None else base, adapter, template, run)
-
-
 def plan(spec) -> list[Entry]:
-    """The models of an eval spec: model.adapter (or the base), then eval.compare; `base` first when compared."""
+    """The models of an eval spec: model.adapter (or the base), then eval.compare; `base` first when compared. Each
+    is resolved on model.name_or_path (source.resolve_spec); one trained on another base is refused, a whole model
+    too, so that the models compared share one base."""
     for name in ("batch_size", "max_new_tokens"):
         if getattr(spec.eval, name) < 1:
             raise specmod.SpecError(f"eval.{name}: must be at least 1")
@@ -78,7 +49,9 @@ def plan(spec) -> list[Entry]:
         targets = ["base"] + [t for t in targets if t != "base"]
     entries, seen = [], set()
     for t in dict.fromkeys(targets):
-        e = resolve(t, spec)
+        e = Entry(**vars(resolve_spec(spec.model, t)))
+        if t != "base" and e.adapter is None:
+            check_base(t, e.trained_on, spec.model.name_or_path)
         name, i = e.name, 2
         while name in seen:
             name, i = f"{e.name}-{i}", i + 1
@@ -92,15 +65,6 @@ def plan(spec) -> list[Entry]:
 
 
 # --- the model at work -------------------------------------------------------------------------------
-
-
-def prompt_ids(messages: list, template, cutoff_len: int) -> list[int]:
-    """Token ids of the prompt exactly as training tokenized it (segment by segment), left-cut to cutoff_len."""
-    from studio.data.encode import encode_chat
-
-    ids, labels, _ = encode_chat(messages + [{"role": "assistant", "content": ""}], template, 10 ** 9)
-    start = next((i for i, x in enumerate(labels) if x != -100), len(ids))
-    return ids[:start][-cutoff_len:]
 
 
 def batched(order: list[int], batch_size: int, step, say):
@@ -156,24 +120,6 @@ def label_loss(model, template, samples: list[Sample], batch_size: int, cutoff_l
     return total[0] / total[1]
 
 
-def load(spec, entry: Entry):
-    import torch
-
-    from studio.model import models
-
-    mspec = dataclasses.replace(spec.model, name_or_path=entry.model, adapter=None)
-    model = models.load_model(mspec, spec.train.compute_dtype)
-    if entry.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(entry.adapter))
-    if not spec.model.quantization_bit and torch.cuda.is_available():
-        model.to("cuda")
-    model.eval()
-    tokenizer = models.load_tokenizer(entry.model, spec.model.trust_remote_code)
-    return model, tokenizer
-
-
 # --- the job -------------------------------------------------------------------------------------------
 
 
@@ -219,36 +165,83 @@ def record_history(entry: Entry, result: dict, run_dir: Path, datasets: list[str
 
 
 def run_pairs(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
-    """Preference pairs: for each dpo/kto run the share of pairs it prefers the chosen answer of, next to its base
-    (and the implicit reward margin); for a reward model, its accuracy."""
+    """Preference pairs: one row per model, the base first (prefscore.rows): the share of pairs each prefers the chosen
+    answer of, and for each dpo/kto run its implicit reward margins against the base; for a reward model, its accuracy.
+    Progress counts pairs."""
+    from studio.data import preference
     from studio.evaluate import prefscore
 
     entries = prefscore.pair_runs(spec, plan(spec))
-    writer.write("start", task="eval", total_steps=len(entries), num_examples=None, models=[e.name for e in entries],
-                 datasets=eval_datasets(spec))
-    results = []
+    pairs = preference.read(spec.data.dataset_dir, eval_datasets(spec), "dpo")
+    total = len(pairs) * len(entries)
+    writer.write("start", task="eval", total_steps=total, num_examples=len(pairs), unit="pairs",
+                 models=[e.name for e in entries], datasets=eval_datasets(spec))
+    results: list[dict] = []
     for k, entry in enumerate(entries):
-        scores = prefscore.score_run(entry.run, eval_datasets(spec), spec.data.dataset_dir)
-        results.append({"name": entry.name, "adapter": str(entry.adapter), "model": entry.model, "predictions": None,
-                        **{key: round(v, 4) if isinstance(v, float) else v for key, v in scores.items()}})
-        writer.write("progress", done=k + 1, total=len(entries), unit="models", model=entry.name)
+        base_done, t0 = k * len(pairs), time.time()
+
+        def progress(done, base_done=base_done, t0=t0, name=entry.name):
+            rate = done / max(time.time() - t0, 1e-9)
+            writer.write("progress", done=base_done + done, total=total, rate=round(rate, 3),
+                         eta_s=round((total - base_done - done) / rate, 1), unit="pairs", model=name)
+
+        scores = prefscore.score_run(entry.run, rows=pairs, progress=progress)
+        for row in prefscore.rows(entry.name, scores):
+            if row["name"] == "base" and any(r["name"] == "base" for r in results):
+                continue  # one base row: every run is scored against the same base
+            results.append({"name": row["name"], "adapter": str(entry.adapter) if row["name"] != "base" else None,
+                            "model": entry.model, "predictions": None, **row})
+    results.sort(key=lambda r: r["name"] != "base")
     (run_dir / METRICS).write_text(json.dumps({"models": results, "datasets": eval_datasets(spec), "pairs": True}, indent=2))
     for r in results:
         writer.write("message", text=f"{r['name']}: " + ", ".join(f"{key} {r[key]}" for key in prefscore.KEYS if key in r))
-    return {"step": len(entries), "metrics": {r["name"]: {key: r[key] for key in prefscore.KEYS if key in r} for r in results},
+    return {"step": total, "metrics": {r["name"]: {key: r[key] for key in prefscore.KEYS if key in r} for r in results},
             "path": str(run_dir / METRICS)}
 
 
 def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
+    """Predictions on the eval datasets (or the pair scores of preference runs), then the benchmarks, then the judge."""
     import torch
 
     from studio.evaluate import prefscore
 
     if spec.train.num_threads:
         torch.set_num_threads(spec.train.num_threads)
-    if prefscore.is_pair_eval(spec):
-        return run_pairs(spec, run_dir, writer)
+    say = lambda text: writer.write("message", text=text)  # noqa: E731
     entries = plan(spec)
+    if prefscore.is_pair_eval(spec):
+        out, results = run_pairs(spec, run_dir, writer), []
+    elif eval_datasets(spec):
+        out, results = run_predictions(spec, entries, run_dir, writer)
+    else:
+        writer.write("start", task="eval", total_steps=0, num_examples=0, models=[e.name for e in entries], datasets=[])
+        out, results = {"step": 0, "metrics": {}}, []
+    if spec.eval.benchmarks:
+        out = {**out, **benchmark_step(spec, entries, run_dir, writer, say)}
+    if spec.eval.judge != "none":
+        from studio.evaluate import judging
+
+        out = {**out, **judging.judge_step(spec, entries, results, run_dir, writer, say)}
+    return out
+
+
+def benchmark_step(spec, entries, run_dir: Path, writer: ev.EventWriter, say) -> dict:
+    from studio.evaluate import scorecard
+
+    def progress(done, total, message):
+        writer.write("progress", done=done, total=total, unit="benchmark tasks", model=message.split(":")[0])
+
+    bench = scorecard.run_benchmarks(spec, entries, list(spec.eval.benchmarks), say, progress)
+    path = scorecard.write(run_dir, bench)
+    say(scorecard.text_table(bench))
+    lost = [f"{r['model']} on {r['task']} ({r['delta']:+.3f})" for r in scorecard.rows(bench) if r["lost"]]
+    if lost:
+        say("lost more than the standard error: " + "; ".join(lost))
+    return {"benchmarks": {name: {t: round(e["value"], 4) for t, e in scores.items()} for name, scores in bench["models"].items()},
+            "benchmarks_path": str(path)}
+
+
+def run_predictions(spec, entries, run_dir: Path, writer: ev.EventWriter) -> tuple[dict, list[dict]]:
     samples = read_samples(spec)
     total = len(samples) * len(entries)
     writer.write("start", task="eval", total_steps=total, num_examples=len(samples), models=[e.name for e in entries],
@@ -276,7 +269,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
         if r.get("note"):
             say(f"{r['name']}: {r['note']}")
     short = {r["name"]: {k: r[k] for k in (*metricsmod.KEYS, "eval_loss") if k in r} for r in results}
-    return {"step": total, "metrics": short, "path": str(run_dir / METRICS)}
+    return {"step": total, "metrics": short, "path": str(run_dir / METRICS)}, results
 
 
 def body(spec, run_dir: Path, writer: ev.EventWriter):

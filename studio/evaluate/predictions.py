@@ -26,7 +26,8 @@ class Sample:
 
 
 def eval_datasets(spec) -> list[str]:
-    return list(spec.data.eval_dataset or spec.data.dataset)
+    """The datasets predicted on: data.eval_dataset, else (when no benchmarks are asked for) data.dataset."""
+    return list(spec.data.eval_dataset or ([] if spec.eval.benchmarks else spec.data.dataset))
 
 
 def read_samples(spec) -> list[Sample]:

@@ -3,10 +3,14 @@
     python -m studio.evaluate.prefscore RUN_DIR [DATASET ...]     # default: the run's data.eval_dataset
 
 For each pair (prompt, chosen, rejected) the summed log-probability of each answer given the prompt is computed with
-the adapter and with it disabled (the base). Reported shares:
+the adapter and with it disabled (the base). `score_pairs` reports the shares:
   base_prefers_chosen     log p_base(chosen) > log p_base(rejected)
   trained_prefers_chosen  log p(chosen) > log p(rejected)
   margin_positive         the DPO implicit reward margin > 0: (log p - log p_base)(chosen) - (same)(rejected) > 0
+An evaluation writes them as one row per model (`rows`): the base with its prefers_chosen, each run with its own and
+its margins against the base (COLUMNS says what each column means). A run can raise the chosen answer against the
+rejected one on every pair (margin_positive 1) and still give the rejected one the higher log-probability on some
+(prefers_chosen below 1): the margin measures the change from the base, not where the run ends.
 A reward model (stage rm) is scored by its reward: accuracy = share of pairs with r(chosen) > r(rejected).
 """
 from __future__ import annotations
@@ -39,11 +43,12 @@ def answer_logp(model, tokenizer, prompt, answer) -> float:
     return float(logp[n_prompt - 1:].sum())
 
 
-def score_pairs(model, tokenizer, rows: list[dict]) -> dict:
-    """rows: {"prompt", "chosen", "rejected"} in TRL's conversational form. `model` is a PeftModel (base = adapter off)."""
+def score_pairs(model, tokenizer, rows: list[dict], progress=None) -> dict:
+    """rows: {"prompt", "chosen", "rejected"} in TRL's conversational form. `model` is a PeftModel (base = adapter off).
+    progress(pairs done), after each pair."""
     base_wins = trained_wins = margin_pos = 0
     margins = []
-    for r in rows:
+    for i, r in enumerate(rows):
         c, j = r["chosen"][0]["content"], r["rejected"][0]["content"]
         pc, pj = answer_logp(model, tokenizer, r["prompt"], c), answer_logp(model, tokenizer, r["prompt"], j)
         with model.disable_adapter():
@@ -53,28 +58,33 @@ def score_pairs(model, tokenizer, rows: list[dict]) -> dict:
         m = (pc - bc) - (pj - bj)
         margins.append(m)
         margin_pos += m > 0
+        if progress:
+            progress(i + 1)
     n = max(len(rows), 1)
     return {"pairs": len(rows), "base_prefers_chosen": base_wins / n, "trained_prefers_chosen": trained_wins / n,
             "margin_positive": margin_pos / n, "mean_margin": sum(margins) / n}
 
 
-def score_rm(model, tokenizer, rows: list[dict]) -> dict:
+def score_rm(model, tokenizer, rows: list[dict], progress=None) -> dict:
     import torch
 
     wins = 0
-    for r in rows:
+    for i, r in enumerate(rows):
         scores = []
         for key in ("chosen", "rejected"):
             text = tokenizer.apply_chat_template(r["prompt"] + r[key], tokenize=False)
             with torch.no_grad():
                 scores.append(float(model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0]))
         wins += scores[0] > scores[1]
+        if progress:
+            progress(i + 1)
     return {"pairs": len(rows), "accuracy": wins / max(len(rows), 1)}
 
 
-def score_run(run_dir: str | Path, names: list[str] | None = None, dataset_dir: str | None = None) -> dict:
-    """Load a dpo/kto/rm run's adapter on its base and score the held-out pairs (the run's own data folder and
-    eval datasets unless given)."""
+def score_run(run_dir: str | Path, names: list[str] | None = None, dataset_dir: str | None = None, rows=None,
+              progress=None) -> dict:
+    """Load a dpo/kto/rm run's adapter on its base and score the held-out pairs (`rows`, else read from the run's own
+    data folder and eval datasets unless given); progress(pairs done)."""
     import peft
 
     from studio.model import models
@@ -84,7 +94,8 @@ def score_run(run_dir: str | Path, names: list[str] | None = None, dataset_dir: 
     run_dir = Path(run_dir)
     spec = specmod.load(run_dir / "spec.yaml")
     names = names or list(spec.data.eval_dataset)
-    rows = preference.read(dataset_dir or spec.data.dataset_dir, names, "dpo")
+    if rows is None:
+        rows = preference.read(dataset_dir or spec.data.dataset_dir, names, "dpo")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))  # saved with the template it trained with
@@ -94,14 +105,32 @@ def score_run(run_dir: str | Path, names: list[str] | None = None, dataset_dir: 
         base = AutoModelForSequenceClassification.from_pretrained(models.resolve(spec.model.name_or_path), num_labels=1)
         base.config.pad_token_id = tok.pad_token_id
         model = peft.PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
-        return score_rm(model, tok, rows)
+        return score_rm(model, tok, rows, progress)
     base = models.load_model(spec.model, "fp32")
     model = peft.PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
-    return score_pairs(model, tok, rows)
+    return score_pairs(model, tok, rows, progress)
 
 
 STAGES = tuple(n for n, s in STAGE_TABLE.items() if "ranking" in s.data)  # runs scored on held-out pairs
-KEYS = ("pairs", "base_prefers_chosen", "trained_prefers_chosen", "margin_positive", "mean_margin", "accuracy")
+COLUMNS = {  # the columns of a pair evaluation's rows, one per model, as the page explains them
+    "pairs": "held-out preference pairs scored",
+    "prefers_chosen": "share of pairs where this model gives the chosen answer the higher log-probability",
+    "margin_positive": "share of pairs where the run raised the chosen answer against the rejected one, compared with "
+                       "the base (DPO's implicit reward margin > 0); the base row has none: it is the reference",
+    "mean_margin": "mean of that margin, in log-probability (summed over the answer's tokens)",
+    "accuracy": "reward model: share of pairs whose chosen answer gets the higher reward",
+}
+KEYS = tuple(COLUMNS)
+
+
+def rows(name: str, scores: dict) -> list[dict]:
+    """score_pairs / score_rm of one run -> its rows: the base's (when it was scored) and the run's own."""
+    r = lambda v: round(v, 4) if isinstance(v, float) else v  # noqa: E731
+    if "accuracy" in scores:
+        return [{"name": name, "pairs": scores["pairs"], "accuracy": r(scores["accuracy"])}]
+    return [{"name": "base", "pairs": scores["pairs"], "prefers_chosen": r(scores["base_prefers_chosen"])},
+            {"name": name, "pairs": scores["pairs"], "prefers_chosen": r(scores["trained_prefers_chosen"]),
+             "margin_positive": r(scores["margin_positive"]), "mean_margin": r(scores["mean_margin"])}]
 
 
 def is_pair_eval(spec) -> bool:

@@ -3,9 +3,10 @@
     python -m studio.export.job runs/identity_export       (what `studio export SPEC` starts in the background)
 
 The source is `model.adapter` (a run folder, its adapter/ folder or any PEFT adapter folder, on top of
-`model.name_or_path`), or a full fine-tune's model/ folder (a run folder, or `model.name_or_path` with no
-adapter). Into `export.export_dir` go: safetensors shards in `export.dtype`; the tokenizer with the chat
-template training used written into it; generation_config.json stopping at the template's end of turn;
+`model.name_or_path`), or a whole model: a full fine-tune's run or model/ folder, or an export (as model.adapter, or
+`model.name_or_path` with no adapter); studio.model.source.find_source reads it. Into `export.export_dir` go:
+safetensors shards in `export.dtype`; the tokenizer with the chat template training used written into it;
+generation_config.json stopping at the template's end of turn;
 training_spec.yaml (the run's spec); README.md (a model card); verify.json (the export reloaded with plain
 transformers and its logits compared with base + adapter); GGUF files and an Ollama Modelfile for
 Llama-family models; export.json (what was written, which marks the folder as an export).

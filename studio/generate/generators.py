@@ -4,6 +4,9 @@
     texts = gen.generate([messages, ...])       # one answer per chat, in order; None: the request failed for good
     gen.failed_requests                         # requests that failed (each retried up to generate.retries times)
 
+Both take their settings from spec.generate, or from `settings`, an object with the same field names (the evaluate
+judge passes its own); `field` is the prefix the endpoint's error messages name those settings by.
+
 The endpoint's API key is read from the environment variable that generate.api_key_env names, in the child
 process; it is never written to the run folder.
 """
@@ -27,28 +30,34 @@ class GenerateError(SpecError):
 
 
 class LocalGenerator:
-    def __init__(self, spec, say=print):
-        from studio.evaluate import job as evaluate
+    def __init__(self, spec, say=print, settings=None):
+        from studio.evaluate import loading
         from studio.data.templates import Template
+        from studio.model.source import resolve_spec
 
-        self.spec, self.g = spec, spec.generate
-        entry = evaluate.resolve(spec.model.adapter or "base", spec)
+        self.spec, self.g = spec, settings or spec.generate
+        entry = resolve_spec(spec.model)  # model.adapter (or the base) on model.name_or_path
         t0 = time.time()
-        self.model, self.tokenizer = evaluate.load(spec, entry)
+        self.model, self.tokenizer = loading.load(spec, entry)
         self.template = Template(entry.template, self.tokenizer)
         self.failed_requests = 0
         self.calls = 0
         self.truncated: list[bool] = []  # per answer of the last call: it reached max_new_tokens
         say(f"model loaded in {time.time() - t0:.1f}s: {entry.model}" + (f" + adapter {entry.adapter}" if entry.adapter else ""))
 
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The chat's prompt as the model sees it (the template's tokens up to the answer), left-cut to data.cutoff_len."""
+        from studio.evaluate import loading
+
+        return loading.prompt_ids(messages, self.template, self.spec.data.cutoff_len)
+
     def generate(self, chats: list[list[dict]], say=print) -> list[str | None]:
         from transformers import set_seed
 
         from studio.evaluate import batchgen
-        from studio.evaluate import job as evaluate
 
         g = self.g
-        prompts = [evaluate.prompt_ids(m, self.template, self.spec.data.cutoff_len) for m in chats]
+        prompts = [self.prompt_ids(m) for m in chats]
         cfg = SimpleNamespace(batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, do_sample=g.temperature > 0,
                               temperature=g.temperature or 1.0, top_p=g.top_p, top_k=50)
         set_seed(g.seed + self.calls)  # reproducible, and a different draw each call
@@ -59,16 +68,17 @@ class LocalGenerator:
 
 
 class EndpointGenerator:
-    def __init__(self, spec, say=print):
+    def __init__(self, spec, say=print, settings=None, field="generate.", error=GenerateError):
         import httpx
 
-        self.g = g = spec.generate
+        self.g = g = settings or spec.generate
+        self.field, self.error = field, error  # how the messages name the settings; the error they raise
         headers = {}
         if g.api_key_env:
             key = os.environ.get(g.api_key_env)
             if not key:
-                raise GenerateError(f"generate.api_key_env: the environment variable {g.api_key_env} is not set; "
-                                    f"export {g.api_key_env}=... in the shell that starts the job")
+                raise error(f"{field}api_key_env: the environment variable {g.api_key_env} is not set; "
+                            f"export {g.api_key_env}=... in the shell that starts the job")
             headers["Authorization"] = f"Bearer {key}"
         self.url = g.base_url.rstrip("/") + "/chat/completions"
         self.client = httpx.Client(headers=headers, timeout=g.timeout,
@@ -79,10 +89,12 @@ class EndpointGenerator:
         self._stop = threading.Event()
         say(f"endpoint {self.url}, model {g.endpoint_model}, {g.concurrency} request(s) at a time")
 
-    def one(self, messages: list[dict]) -> tuple[str | None, bool]:
+    def one(self, messages: list[dict], errors: list | None = None) -> tuple[str | None, bool]:
+        """The answer and whether it was cut at max_tokens; (None, False) when every try failed. `errors`: a list
+        each failed try appends its cause to ("HTTP 503", "ConnectError: ...")."""
         import httpx
 
-        g = self.g
+        g, f = self.g, self.field
         body = {"model": g.endpoint_model, "messages": messages, "max_tokens": g.max_new_tokens,
                 "temperature": g.temperature, "top_p": g.top_p}
         for attempt in range(g.retries + 1):
@@ -91,17 +103,20 @@ class EndpointGenerator:
             try:
                 r = self.client.post(self.url, json=body)
                 if r.status_code in CONFIG_STATUS:
-                    raise GenerateError(f"the endpoint {self.url} refused the request (HTTP {r.status_code}): {r.text[:300]}\n"
-                                        "Check generate.base_url, generate.endpoint_model"
-                                        + (f" and the key in ${g.api_key_env}" if g.api_key_env else " and whether it needs a key (generate.api_key_env)"))
+                    raise self.error(f"the endpoint {self.url} refused the request (HTTP {r.status_code}): {r.text[:300]}\n"
+                                     f"Check {f}base_url, {f}endpoint_model"
+                                     + (f" and the key in ${g.api_key_env}" if g.api_key_env else f" and whether it needs a key ({f}api_key_env)"))
                 r.raise_for_status()
                 choice = r.json()["choices"][0]
                 return choice["message"]["content"] or "", choice.get("finish_reason") == "length"
-            except GenerateError:
+            except self.error:
                 raise
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
                 with self._lock:
                     self.failed_requests += 1
+                if errors is not None:
+                    errors.append(f"HTTP {e.response.status_code}" if isinstance(e, httpx.HTTPStatusError)
+                                  else f"{type(e).__name__}: {str(e)[:200]}")
                 if attempt < g.retries:
                     self._stop.wait(min(BACKOFF * 2 ** attempt, MAX_BACKOFF))
         return None, False

@@ -100,13 +100,30 @@ def _train_stage(spec, runs_root) -> None:
 def _eval(spec, runs_root) -> None:
     from studio.evaluate import prefscore
     from studio.evaluate.job import plan
-    from studio.evaluate.predictions import read_samples
+    from studio.evaluate.predictions import eval_datasets, read_samples
 
+    entries = plan(spec)
     if prefscore.is_pair_eval(spec):
-        prefscore.pair_runs(spec, plan(spec))
-        return
-    read_samples(spec)
-    plan(spec)
+        prefscore.pair_runs(spec, entries)
+    elif eval_datasets(spec):
+        read_samples(spec)
+    elif not spec.eval.benchmarks:
+        raise specmod.SpecError("nothing to evaluate: name datasets to predict on (data.eval_dataset) or benchmarks (eval.benchmarks)")
+    if spec.eval.benchmarks:
+        from studio.evaluate import scorecard
+
+        scorecard.check(spec)
+    if spec.eval.judge != "none":
+        from studio.evaluate import judging
+
+        judging.check(spec, entries)
+
+
+def _train_benchmarks(spec, runs_root) -> None:
+    if spec.train.benchmarks:
+        from studio.evaluate import scorecard
+
+        scorecard.check(spec)
 
 
 def _export(spec, runs_root) -> None:
@@ -121,13 +138,13 @@ def _generate(spec, runs_root) -> None:
     """The source dataset, the output name, the local generator's model."""
     from studio.data import registry
     from studio.data.encode import usable
-    from studio.evaluate.job import resolve
     from studio.generate import store
+    from studio.model.source import resolve_spec
 
     usable(registry.entry(spec.data.dataset_dir, spec.generate.source), "sft")
     store.check_output(spec, spec.output_dir)
     if spec.generate.generator == "local":
-        resolve(spec.model.adapter or "base", spec)
+        resolve_spec(spec.model)
 
 
-TASK_RULES = {"train": (_train_data, _train_method, _train_stage), "eval": (_eval,), "export": (_export,), "generate": (_generate,)}
+TASK_RULES = {"train": (_train_data, _train_method, _train_stage, _train_benchmarks), "eval": (_eval,), "export": (_export,), "generate": (_generate,)}

@@ -2,12 +2,15 @@
 
     stop(run_dir)            # SIGTERM once (the job saves and writes `aborted`); SIGKILL what is left after a grace period
     job_pids(info)           # the live processes of a job: its process group and every descendant of its first process
+    reap_on_exit(proc)       # a child of this process is waited for the moment it ends: no zombie after a stop or its own end
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +37,14 @@ def job_pids(info: dict) -> set[int]:
             continue
         found |= {k.pid for k in kids if _alive(k)}
     return {p for p in found if runs.pid_alive(p)}
+
+
+def reap_on_exit(proc: subprocess.Popen) -> subprocess.Popen:
+    """Wait for a child of this process in a thread of its own, so that it is reaped as soon as it ends (stopped,
+    aborted or at its own end), whoever follows it or not: a child that nobody waits for stays a zombie (`<defunct>`)
+    for as long as this process lives."""
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    return proc
 
 
 def _alive(p: psutil.Process) -> bool:

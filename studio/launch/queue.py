@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio import spec as specmod
+from studio.launch import process
 from studio.run import events as ev
 from studio.run import status as runs
 
@@ -35,7 +36,7 @@ POLL_S = 1.0
 
 
 @dataclass
-class Entry:
+class QueueEntry:
     path: Path
     position: int
     order: float
@@ -105,7 +106,7 @@ def _read(run_dir: Path) -> dict | None:
         return None
 
 
-def entries(root: str | Path) -> list[Entry]:
+def entries(root: str | Path) -> list[QueueEntry]:
     """The queued jobs under `root`, first in line first, each with what it waits for."""
 
     root = Path(root)
@@ -113,7 +114,7 @@ def entries(root: str | Path) -> list[Entry]:
     for p in runs.run_dirs(root):
         q = _read(p)
         if q is not None and runs.status(p) == "queued":
-            found.append(Entry(p, 0, q.get("order", q.get("queued", 0)), q.get("queued", 0), q.get("devices")))
+            found.append(QueueEntry(p, 0, q.get("order", q.get("queued", 0)), q.get("queued", 0), q.get("devices")))
     found.sort(key=lambda e: e.order)
     running = [(r.path, _devices_of(r.path)) for r in runs.list_runs(root) if r.status == "running"]
     for i, e in enumerate(found):
@@ -196,6 +197,7 @@ def _spawn(run_dir: Path) -> int:
     log = open(run_dir / "queue.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "studio.launch.queue", str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process.reap_on_exit(proc)  # the waiter ends once its job has started (or is cancelled): no zombie of it here
     log.close()
     q = _read(run_dir) or {}
     (run_dir / QUEUED).write_text(json.dumps({**q, "waiter": proc.pid}))
@@ -232,7 +234,7 @@ def cancel(run: str | Path, root: str | Path = "runs") -> Path:
     return path
 
 
-def move(run: str | Path, to: int, root: str | Path = "runs") -> list[Entry]:
+def move(run: str | Path, to: int, root: str | Path = "runs") -> list[QueueEntry]:
     """Put a queued job at position `to` (1 = next in line)."""
     root = Path(root)
     with locked(root):

@@ -157,7 +157,8 @@ def _losses(run_dir: Path) -> tuple[float | None, float | None]:
 
 
 def compare(run_dirs: list[Path]) -> dict:
-    """{columns, rows}: one row per run with the spec fields that differ, status, final train loss, best eval loss, and
+    """{columns, rows}: one row per run with the spec fields that differ, status, final train loss, best eval loss, the
+    scores of train.benchmarks (a column per task), and
     `best` marked on the run with the lowest best eval loss (else the lowest final train loss)."""
     import yaml as _yaml
 
@@ -172,11 +173,23 @@ def compare(run_dirs: list[Path]) -> dict:
     score = [e if e is not None else t for t, e in losses]
     ok = [i for i, s in enumerate(score) if s is not None and math.isfinite(s)]
     best = min(ok, key=lambda i: score[i]) if ok else None
+    bench = [_bench(d) for d in run_dirs]
+    tasks = list(dict.fromkeys(t for b in bench for t in b))
     rows = []
     for i, d in enumerate(run_dirs):
         t, e = losses[i]
-        rows.append([runs.display_name(d), runs.status(d), *[flat[i].get(k) for k in keys], t, e, "best" if i == best else ""])
-    return {"columns": ["run", "status", *keys, "final train loss", "best eval loss", "best"], "rows": rows}
+        rows.append([runs.display_name(d), runs.status(d), *[flat[i].get(k) for k in keys], t, e,
+                     *[bench[i].get(task) for task in tasks], "best" if i == best else ""])
+    return {"columns": ["run", "status", *keys, "final train loss", "best eval loss", *tasks, "best"], "rows": rows}
+
+
+def _bench(run_dir: Path) -> dict:
+    """train.benchmarks' scores of a run (RUN/benchmarks.json): {"<task>": the run's value (lm-eval's 0-1 scale)}."""
+    from studio.evaluate import scorecard
+
+    bench = scorecard.read(run_dir) or {"models": {}}
+    mine = bench["models"].get(run_dir.name) or {}
+    return {task: e.get("value") for task, e in mine.items()}
 
 
 def format_table(table: dict) -> str:

@@ -19,7 +19,7 @@ import uuid
 
 from fastapi import Request
 
-from studio.serve.engine import Engine, Job, Params
+from studio.serve.engine import Engine, Generation, Params
 
 MAX_N = 8
 MAX_STOP = 4
@@ -131,7 +131,7 @@ def build_app(engine: Engine, api_key: str | None = None, default_max_tokens: in
                 job_params = Params(params.temperature, params.top_p, min(params.max_tokens, engine.limit - len(ids)), params.stop,
                                     None if params.seed is None else params.seed + k, params.ignore_eos)
                 emit = (lambda i: lambda kind, value: loop.call_soon_threadsafe(queue.put_nowait, (i, kind, value)))(index)
-                jobs.append(Job(name, ids, job_params, emit))
+                jobs.append(Generation(name, ids, job_params, emit))
         for job in jobs:
             engine.submit(job)
         usage_prompt = sum(len(ids) for ids in prompts) * n

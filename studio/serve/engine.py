@@ -1,7 +1,7 @@
 """One base model with several adapters, generating for many requests at once.
 
     engine = Engine.load("default", {"pico": "runs/identity_lora"})
-    engine.submit(Job("pico", prompt_ids, Params(temperature=0), emit))   # emit(kind, ...) from the engine thread
+    engine.submit(Generation("pico", prompt_ids, Params(temperature=0), emit))   # emit(kind, ...) from the engine thread
 
 Every adapter is loaded once onto the same base (PEFT named adapters); a request's model name picks one, the base
 itself runs with the adapters disabled. One thread generates: each round, for every model name that has work,
@@ -31,7 +31,7 @@ class Params:
 
 
 @dataclass
-class Job:
+class Generation:
     """One answer to generate. `emit(kind, value)` is called from the engine thread: ("delta", text) zero or
     more times, then ("end", finish_reason) or ("error", message)."""
     model: str
@@ -93,7 +93,7 @@ class Engine:
             self._wake.notify()
         self._thread.join(timeout=30)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Generation) -> None:
         if job.model not in self.waiting:
             raise KeyError(job.model)
         job.gen = self._torch.Generator().manual_seed(job.params.seed if job.params.seed is not None else secrets.randbits(62))
@@ -180,23 +180,23 @@ class Engine:
         """Waiting prompts of `name` take the free rows: prompt pass, first token, join the running batch."""
         from transformers import DynamicCache
 
-        from studio.evaluate.batchgen import _join, _joinable, _left_pad
+        from studio.evaluate.batchgen import join, joinable, left_pad
 
         pool = self.pools[name]
-        if pool is not None and not _joinable(pool["cache"]):
+        if pool is not None and not joinable(pool["cache"]):
             return  # a cache that cannot be joined (sliding window): new rows wait for this batch to end
         free = self.max_batch - (len(pool["rows"]) if pool else 0)
         with self._wake:
             rows = [self.waiting[name].popleft() for _ in range(min(free, len(self.waiting[name])))]
         if not rows:
             return
-        ids, mask = _left_pad([j.prompt for j in rows], self.pad, self.device)
+        ids, mask = left_pad([j.prompt for j in rows], self.pad, self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                          cache=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
         fresh = {"rows": rows, "ids": ids, "mask": mask, "cache": out.cache}
         fresh = self._advance(name, fresh, out.logits[:, -1])
         if fresh is not None:
-            self.pools[name] = fresh if pool is None else _join(pool, fresh, self.pad)
+            self.pools[name] = fresh if pool is None else join(pool, fresh, self.pad)
 
     def _step(self, name: str) -> None:
         """One new token for every row of `name`'s batch."""
@@ -230,7 +230,7 @@ class Engine:
             probs = probs.scatter(0, order[drop], 0.0)
         return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
-    def _take(self, name: str, job: Job, token: int) -> bool:
+    def _take(self, name: str, job: Generation, token: int) -> bool:
         """Record a row's new token and send what is safe to send; False when the row has ended."""
         self.stats.tokens += 1
         if job.cancelled.is_set():

@@ -1,8 +1,8 @@
 """Loading for `studio serve`: the base model and every adapter once, as PEFT named adapters on that base.
 
-Each NAME=PATH is resolved as `studio chat` resolves it (run folder, adapter, checkpoint; the base and the template
-from the run's spec). A whole model (an export, a full fine-tune) cannot share the base, and a prompt-style adapter
-cannot share a batch: both are refused with what to do instead.
+Each NAME=PATH is resolved as `studio chat` resolves it (studio.model.source.resolve_folder: run folder, adapter,
+checkpoint; the base and the template from the run's spec). A whole model (an export, a full fine-tune) cannot share
+the base, and a prompt-style adapter cannot share a batch: both are refused with what to do instead.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def load(base: str | None, adapters: dict[str, str], template: str | None = None
         if src.adapter is None:
             raise ModelError(f"--adapter {name}={path} holds a whole model, not an adapter, so it cannot share the base "
                              f"model with others; serve it on its own with --model {path}")
-        _check_kind(name, src.adapter)
+        _check_kind(name, src)
         base = base or src.model
         sources[name] = src
     base_src = resolve(base, None, template)
@@ -61,12 +61,10 @@ def base_name_of(model: str) -> str:
 PROMPT_STYLE = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT")
 
 
-def _check_kind(name: str, adapter: Path) -> None:
-    import json
-
-    kind = json.loads((adapter / "adapter_config.json").read_text()).get("peft_type", "")
+def _check_kind(name: str, src) -> None:
+    kind = src.peft_type
     if kind in PROMPT_STYLE:
-        raise ModelError(f"--adapter {name}={adapter}: a {kind} adapter adds virtual tokens to every prompt and cannot share "
+        raise ModelError(f"--adapter {name}={src.adapter}: a {kind} adapter adds virtual tokens to every prompt and cannot share "
                          "a batch with other adapters; serve LoRA-family adapters (LoRA, DoRA, AdaLoRA, IA3), or chat with "
                          "this one in `studio chat`")
 

@@ -1,6 +1,7 @@
 """How to call a model over the API: the `studio serve` line, curl and the Python `openai` client, filled in.
 
     text = snippets("default", "runs/identity_lora")     # markdown with three code blocks (the Chat tab shows it)
+    text = snippets(model, adapter, port=9000, host="127.0.0.1", name="identity_lora")   # what a server serves
 """
 from __future__ import annotations
 
@@ -22,14 +23,20 @@ def served_name(model: str | None, adapter: str | None) -> str:
     return model if model == "default" or not Path(model).expanduser().exists() else Path(model).name
 
 
-def snippets(model: str | None, adapter: str | None, system: str = "", port: int = 8000, message: str = "Who are you?") -> str:
-    name = served_name(model, adapter)
+def snippets(model: str | None, adapter: str | None, system: str = "", port: int = 8000, message: str = "Who are you?",
+             host: str = "127.0.0.1", name: str | None = None) -> str:
+    """The `studio serve` line for `model` and `adapter` on host:port, and a request to it by curl and by the openai
+    client naming `name` (default: the name the server gives the adapter, else the base)."""
+    adapter_name = served_name(model, adapter)
+    name = name or adapter_name
     cmd = ["studio", "serve"] + (["--model", model] if model and (not adapter or model != "default") else [])
-    cmd += ["--adapter", f"{name}={adapter}"] if adapter else []
+    cmd += ["--adapter", f"{adapter_name}={adapter}"] if adapter else []
+    cmd += ["--host", host] if host != "127.0.0.1" else []
     cmd += ["--port", str(port)] if port != 8000 else []
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
     body = json.dumps({"model": name, "messages": messages, "max_tokens": 256})
-    url = f"http://127.0.0.1:{port}/v1"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/v1"
     py = (f'from openai import OpenAI\n\nclient = OpenAI(base_url="{url}", api_key="none")  # the --api-key, if the server has one\n'
           f"answer = client.chat.completions.create(model={name!r}, messages={messages!r}, max_tokens=256)\n"
           "print(answer.choices[0].message.content)")

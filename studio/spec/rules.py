@@ -52,6 +52,7 @@ def validate(spec):
     except SpecError as e:
         bad(str(e))
     _validate_generate(spec.generate, bad)
+    _validate_eval(spec.eval, bad)
     sv = spec.serve
     if not 1 <= sv.port <= 65535:
         bad(f"serve.port: {sv.port} is not a TCP port (1-65535)")
@@ -165,6 +166,19 @@ def _validate_method(spec, bad) -> None:
         bad("train.max_grad_norm: must be 0 (no clipping) or more")
     if t.neftune_alpha is not None and t.neftune_alpha <= 0:
         bad("train.neftune_alpha: must be greater than 0 (5 is typical), or empty for off")
+
+
+def _validate_eval(e, bad) -> None:
+    if e.benchmark_batch_size < 1 or e.judge_max_new_tokens < 1:
+        bad("eval.benchmark_batch_size and eval.judge_max_new_tokens: must be at least 1")
+    if e.num_fewshot is not None and e.num_fewshot < 0:
+        bad("eval.num_fewshot: 0 or more, or empty for each task's own")
+    if e.benchmark_limit is not None and e.benchmark_limit <= 0:
+        bad("eval.benchmark_limit: above 0 (a count, or a fraction below 1), or empty for all")
+    if e.judge_retries < 0:
+        bad("eval.judge_retries: must be 0 or more")
+    if e.judge != "none" and e.judge_model == "endpoint" and not (e.judge_base_url and e.judge_endpoint_model):
+        bad("eval.judge_model endpoint: set eval.judge_base_url (e.g. http://127.0.0.1:8000/v1) and eval.judge_endpoint_model")
 
 
 def _validate_generate(g, bad) -> None:

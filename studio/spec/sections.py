@@ -119,6 +119,8 @@ class TrainSpec:
     report_to: str = _f("none", "Also log to: none, tensorboard, wandb, mlflow, swanlab (offline modes need no network).", choices=["none", "tensorboard", "wandb", "mlflow", "swanlab"])
     report_offline: bool = _f(True, "Keep wandb, mlflow and swanlab logs in the run folder (no network); false: send them to the service your environment configures.")
     num_threads: Optional[int] = _f(None, "CPU threads for torch. Empty: all cores.")
+    benchmarks: list = _f([], "After training, score the finished run and its base model (once, cached) on these benchmarks "
+                              "(eval.benchmarks' names; eval.benchmark_* settings apply); the scores join the run's results.")
 
 
 @dataclass
@@ -132,6 +134,22 @@ class EvalSpec:
     seed: int = _f(42, "Seed for sampling.")
     compare: list = _f([], "Also evaluate these adapters or run folders on the same data (`base` for the bare base model).")
     compute_loss: bool = _f(True, "Also compute eval loss and perplexity on the references.")
+    benchmarks: list = _f([], "Benchmarks every model is scored on by lm-evaluation-harness: task, group or tag names (studio_pack: the "
+                              "shipped offline pack; mmlu, gsm8k, arc_easy, hellaswag, ifeval, ... where the hub is reachable).")
+    benchmark_dirs: list = _f([], "Folders of your own benchmark tasks (lm-eval's YAML task format over json/jsonl/csv files), beside the shipped pack.")
+    num_fewshot: Optional[int] = _f(None, "Benchmarks: worked examples put before each question. Empty: each task's own.")
+    benchmark_limit: Optional[float] = _f(None, "Benchmarks: questions per task, a count (or a fraction below 1). Empty: all.")
+    benchmark_batch_size: int = _f(8, "Benchmarks: requests scored together (lm-eval's batch size).")
+    chat_template: bool = _f(True, "Benchmarks: put each question in the model's chat template (what chat-trained runs expect).")
+    judge: str = _f("none", "Judge the models' answers on the eval datasets: pairwise (each model against judge_against, in both orders) "
+                            "or rubric (each answer scored 1-10).", choices=["none", "pairwise", "rubric"])
+    judge_against: Optional[str] = _f(None, "Pairwise: the model the others are judged against (`base`, or a compared run's name). Empty: the first model.")
+    judge_model: str = _f("default", "The judge: a model the studio loads (`default`, a folder, a hub id, a run folder), or `endpoint`.")
+    judge_base_url: Optional[str] = _f(None, "judge_model endpoint: the OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1.")
+    judge_endpoint_model: Optional[str] = _f(None, "judge_model endpoint: the model name the server expects.")
+    judge_api_key_env: Optional[str] = _f(None, "judge_model endpoint: NAME of the environment variable that holds the API key (never written to the run folder). Empty: no key.")
+    judge_retries: int = _f(2, "Judge: asks again after a failed request or a reply without a verdict, before the item counts as failed.")
+    judge_max_new_tokens: int = _f(192, "Judge: longest reply (the reason and the verdict).")
 
 
 @dataclass

@@ -9,12 +9,13 @@ module studio/train/stages/<name>.py (its TRL config and trainer): adding a stag
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from studio.spec.fields import SpecError, _f
 
-__all__ = ["STAGES", "PREFERENCE_STAGES", "STAGE_TABLE", "Stage", "DPO_LOSSES", "KTO_LOSSES", "GRPO_LOSSES", "BUILTIN_REWARDS",
+__all__ = ["STAGES", "PREFERENCE_STAGES", "STAGE_TABLE", "Stage", "too_short",
+           "DPO_LOSSES", "KTO_LOSSES", "GRPO_LOSSES", "BUILTIN_REWARDS",
            "DpoSpec", "KtoSpec", "RmSpec", "GrpoSpec"]  # what `studio.spec` re-exports (not `validate`)
 
 DPO_LOSSES = ["sigmoid", "ipo", "hinge", "robust", "orpo", "simpo"]
@@ -90,6 +91,8 @@ class Stage:
     title: str = ""  # the page's title over its options
     plotted: tuple = ()  # logged metrics the page draws beside the loss (a trailing * matches a prefix)
     check: Optional[Callable] = None  # its own rules: check(spec) raises SpecError naming the fields
+    defaults: dict = field(default_factory=dict, compare=False)  # what the page's form takes when the stage is chosen
+    #                                                               (dotted field -> value; the page's own otherwise)
 
 
 def _check_dpo(spec) -> None:
@@ -172,11 +175,18 @@ def _check_grpo(spec) -> None:
         raise SpecError(f"method.grpo.format_regex: not a valid regular expression ({e})") from None
 
 
+# DPO on a few pairs (4-8 saved from the Chat tab) with LoRA: every step takes 2 pairs at full rate from the first
+# (no warm-up), and enough steps that the margins rise in the curves (docs/methods.md, "DPO on a few pairs").
+DPO_DEFAULTS = {"train.max_steps": 12, "train.learning_rate": 1.0e-3, "train.warmup_ratio": 0.0, "train.warmup_steps": 0,
+                "train.per_device_train_batch_size": 2, "train.gradient_accumulation_steps": 1, "train.logging_steps": 1}
+MIN_LEARNING_STEPS = 4  # optimizer steps at full rate, after the warm-up, below which a run is said too short to learn
+
 STAGE_TABLE = {s.name: s for s in [
     Stage("sft", "instruction tuning on chats", ("chat",)),
     Stage("pt", "continued pretraining on plain text", ("text", "chat")),
     Stage("dpo", "preference pairs; also ORPO, SimPO, IPO", ("ranking",), "pairs", DpoSpec,
-          "preference loss and reference model", "DPO / ORPO / SimPO", ("rewards/margins", "rewards/accuracies"), _check_dpo),
+          "preference loss and reference model", "DPO / ORPO / SimPO", ("rewards/margins", "rewards/accuracies"), _check_dpo,
+          defaults=DPO_DEFAULTS),
     Stage("kto", "answers labelled good or bad", ("kto", "ranking"), "labelled", KtoSpec, "KTO loss and reference model",
           "KTO", ("rewards/margins", "kl"), _check_kto),
     Stage("rm", "a reward model on preference pairs", ("ranking",), "pairs", RmSpec, "reward-model options",
@@ -186,6 +196,34 @@ STAGE_TABLE = {s.name: s for s in [
 ]}
 STAGES = list(STAGE_TABLE)
 PREFERENCE_STAGES = tuple(n for n, s in STAGE_TABLE.items() if s.rows)  # TRL's own trainers, on TRL rows
+
+
+def too_short(spec, examples: int | None = None) -> str:
+    """A line saying why the run learns little, or "": fewer than MIN_LEARNING_STEPS optimizer steps after the warm-up
+    (`examples`: the rows the data gives, for a run that trains num_train_epochs; None: unknown, judged by max_steps)."""
+    import math
+
+    t = spec.train
+    if t.max_steps > 0:
+        steps = t.max_steps
+    elif examples:
+        batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * max(spec.launch.nproc_per_node, 1)
+        steps = math.ceil(math.ceil(examples / batch) * t.num_train_epochs)
+    else:
+        return ""
+    warm = t.warmup_steps if t.warmup_steps > 0 else math.ceil(steps * t.warmup_ratio)
+    if steps - warm >= MIN_LEARNING_STEPS:
+        return ""
+    stage = STAGE_TABLE.get(spec.method.stage)
+    hint = ""
+    if stage and stage.defaults.get("train.max_steps"):
+        hint = (f" (the page's {stage.name} defaults: train.max_steps={stage.defaults['train.max_steps']}, "
+                f"train.warmup_ratio={stage.defaults.get('train.warmup_ratio', 0)})")
+    first = (" The first logged point is taken before any update, so it shows the start (for dpo: loss 0.6931, margins 0)."
+             if stage and stage.rows else "")
+    return (f"this run is too short to learn: {steps} optimizer step(s), {min(warm, steps)} of them warming up (the learning "
+            f"rate rising from 0), fewer than {MIN_LEARNING_STEPS} at full rate. Raise train.max_steps or lower the warm-up"
+            f"{hint}.{first}")
 
 
 def validate(spec) -> None:

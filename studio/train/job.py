@@ -9,6 +9,7 @@ SIGTERM or SIGINT: stop after the current step, save a checkpoint and the adapte
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -223,6 +224,11 @@ def body(spec, run_dir: Path, writer: ev.EventWriter):
     leave_process_group()
     if metrics.pop("aborted", False):
         return "aborted", {"checkpoint": str(run_dir / f"checkpoint-{metrics['step']}"), **metrics}
+    if spec.train.benchmarks and int(os.environ.get("RANK", "0")) == 0:
+        from studio.evaluate import scorecard
+
+        writer.write("message", text=f"benchmarks after training: {', '.join(spec.train.benchmarks)}")
+        metrics.update(scorecard.after_training(spec, run_dir, lambda text: writer.write("message", text=text)))
     return "done", metrics
 
 

@@ -11,10 +11,12 @@ Adding a tab: write `studio/ui/<name>_tab.py` with
 TABS below names the tabs in page order; a module that does not exist (yet) is left out, so a new tab
 appears once its file is there. A new kind of tab gets its module name added to TABS, in place.
 Everything a tab needs from the page is on `ctx` (below); the tab builds specs with studio/ui/form.py
-(widgets and help text come from the spec fields) and starts jobs with studio/ui/jobs.py.
+(widgets and help text come from the spec fields) and starts jobs with studio/ui/jobs.py. A picker of runs or
+models is kept current by `ctx.pickers.add(dropdown, choices)` (studio/ui/pickers.py).
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ import gradio as gr
 from studio.model import models
 from studio.run import status as runs
 from studio.data.templates import NAMES as TEMPLATES
-from studio.ui import chart, form
+from studio.ui import chart, form, pickers as picking
 
 TABS = ["studio.ui.train_tab", "studio.ui.evaluate_tab", "studio.ui.chat_tab", "studio.ui.export_tab", "studio.ui.data_tab"]
 
@@ -39,14 +41,20 @@ class Ctx:
     runs_root: Path
     demo: gr.Blocks
     top: dict = field(default_factory=dict)  # dotted spec field -> component, for TOP
-    refresh_top: gr.Button | None = None  # clicking it re-reads models and adapters; tabs may listen to it too
+    refresh_top: gr.Button | None = None  # "↻ runs and models": every picker of ctx.pickers reads its choices again
+    pickers: picking.Pickers | None = None  # the page's pickers of runs and models, kept current (ui/pickers.py)
+
+
+def model_roots(workdir: Path) -> tuple:
+    """The folders whose model folders model_choices lists."""
+    return Path(workdir) / "models", models.cache_root() / "models"
 
 
 def model_choices(workdir: Path) -> list[str]:
     """`default` and the local model folders (with config.json) under ./models and the studio's model cache."""
     found = ["default"]
     default_dir = (models.cache_root() / "models" / models.DEFAULT_NAME).resolve()
-    for root in (Path(workdir) / "models", models.cache_root() / "models"):
+    for root in model_roots(workdir):
         if root.is_dir():
             for p in sorted(root.iterdir()):
                 if (p / "config.json").exists() and p.resolve() != default_dir and ".tmp" not in p.name:
@@ -80,12 +88,10 @@ def top_bar(ctx: Ctx) -> None:
                                          elem_id=form.elem_id("model.adapter"), scale=2, render=False),
         }
         ctx.top = form.bind(TOP, special)
-        ctx.refresh_top = gr.Button("↻", elem_id="refresh-top", scale=0, min_width=40, size="sm")
-
-    def refresh():
-        return gr.update(choices=model_choices(ctx.workdir)), gr.update(choices=adapter_choices(ctx.runs_root, ctx.workdir))
-
-    ctx.refresh_top.click(refresh, outputs=[ctx.top["model.name_or_path"], ctx.top["model.adapter"]])
+        ctx.refresh_top = gr.Button("↻ runs and models", elem_id="refresh-top", scale=0, min_width=150, size="sm")
+    ctx.pickers = ctx.pickers or picking.Pickers(ctx.runs_root, model_roots(ctx.workdir))
+    ctx.pickers.add(ctx.top["model.name_or_path"], functools.partial(model_choices, ctx.workdir))
+    ctx.pickers.add(ctx.top["model.adapter"], functools.partial(adapter_choices, ctx.runs_root, ctx.workdir))
 
 
 def tab_modules() -> list:
@@ -101,6 +107,7 @@ def build_app(workdir: Path | str) -> gr.Blocks:
         for module in tab_modules():
             with gr.Tab(module.TITLE, elem_id="tab-" + module.__name__.rsplit(".", 1)[-1]):
                 module.build(ctx)
+        ctx.pickers.wire(demo, ctx.refresh_top)
     return demo
 
 
@@ -118,7 +125,36 @@ CSS = """
 .st-tok .t {background: rgba(22, 163, 74, 0.22); border-bottom: 2px solid #16a34a}
 .st-tok .cut {color: #dc2626; font-weight: 600}
 .st-meta {font-size: 0.8em; color: var(--neutral-500)}
+.st-bench {border-collapse: collapse; margin: 6px 0} .st-bench th, .st-bench td {border: 1px solid var(--neutral-200); padding: 4px 8px; text-align: right}
+.st-bench th[scope=row] {text-align: left} .st-bench td.st-lost {background: rgba(220, 38, 38, 0.18); color: #b91c1c; font-weight: 600}
+.st-bench td.st-gain {background: rgba(22, 163, 74, 0.14)} .st-lost-note {color: #b91c1c} .st-how {font-size: 0.85em; color: var(--neutral-500)}
 """ + chart.CSS
+
+
+# Accessible names that gradio gives no parameter for (both chat boxes are "chatbot conversation", a Markdown note
+# or a table has none): selector -> (name, role or ""), set by NAMES_SCRIPT on load and on each later render.
+NAMES = {
+    "#chat-a [role=log]": ("conversation A", ""),
+    "#chat-b [role=log]": ("conversation B", ""),
+    "#chat-save-msg": ("save result", "status"),
+    "#eval-metrics table": ("metrics of each model", ""),
+    "#eval-message": ("evaluation message", "status"),
+    "#export-message": ("export message", "status"),
+    "#data-refresh": ("re-read the dataset list", ""),
+}
+NAMES_SCRIPT = """() => {
+  const names = %s;
+  const apply = () => {
+    for (const [sel, [name, role]] of Object.entries(names)) for (const el of document.querySelectorAll(sel)) {
+      if (el.getAttribute("aria-label") !== name) el.setAttribute("aria-label", name);
+      if (role && el.getAttribute("role") !== role) el.setAttribute("role", role);
+    }
+  };
+  apply();
+  let due = false;  // a burst of renders is answered once; at rest nothing renders, so nothing runs
+  new MutationObserver(() => { if (!due) { due = true; setTimeout(() => { due = false; apply(); }, 100); } })
+    .observe(document.body, {childList: true, subtree: true});
+}"""
 
 
 def launch_kwargs() -> dict:
@@ -129,5 +165,7 @@ def launch_kwargs() -> dict:
 
     fonts = [gr.themes.Font("system-ui"), gr.themes.Font("sans-serif")]
     mono = [gr.themes.Font("ui-monospace"), gr.themes.Font("monospace")]
-    return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS,
+    import json
+
+    return {"theme": gr.themes.Default(font=fonts, font_mono=mono), "css": CSS, "js": NAMES_SCRIPT % json.dumps(NAMES),
             "app_kwargs": {"middleware": [Middleware(EarlyScript)]}}

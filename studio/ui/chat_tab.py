@@ -3,8 +3,9 @@ save the conversation, or the preferred answer and the other, to a dataset in th
 
 The models live in this server process (studio/chat/session.py; torch is imported when the first one loads), one
 session per side, shared by every page of this server. Loading replaces what was loaded; answers stream
-into the chat; Stop ends them at the next token. A dataset saved here appears in the Train tab's dataset
-list (↻ re-read dataset_info.json).
+into the chat; Stop ends them at the next token. The status line says what each side has loaded, when it is busy,
+and when the top bar names another model than A's (Load switches). A dataset saved here appears in the Train tab's
+dataset list (↻ re-read dataset_info.json).
 """
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from studio.chat.session import ChatSession, GenParams
 from studio.data import collect, registry
 from studio.errors import is_user_error
 from studio.launch import queue
-from studio.serve.snippets import snippets
 from studio.ui import app, form, jobs, serve_panel
 
 TITLE = "Chat"
 SESSIONS = {"a": ChatSession(), "b": ChatSession()}  # a: the top bar's model; b: the other side
+LOADED_FROM = {"a": None, "b": None}  # the (model, adapter) each side was loaded from
 
 
 def plain(history: list) -> list[dict]:
@@ -40,14 +41,27 @@ def plain(history: list) -> list[dict]:
 
 
 def status_html(note: str = "", kind: str = "info", busy: bool = False) -> str:
+    """The status line, in words (the data attributes repeat it for scripts): what each side has loaded, whether it is
+    busy, and `note`."""
     def side(key):
         s = SESSIONS[key]
-        return f"<b>{key.upper()}</b>: {html.escape(s.label)} <small>(template {s.template.name})</small>" if s.loaded else f"<b>{key.upper()}</b>: —"
+        return (f"<b>{key.upper()}</b>: {html.escape(s.label)} <small>(template {s.template.name})</small>" if s.loaded
+                else f"<b>{key.upper()}</b>: nothing loaded")
     loaded = " · ".join(side(k) for k in SESSIONS if SESSIONS[k].loaded or k == "a")
     color = "#dc2626" if kind == "error" else "inherit"
-    note_html = f"<div class='st-meta' style='color:{color}'>{html.escape(note)}</div>" if note else ""
-    return (f"<div class='st-line' data-a='{int(SESSIONS['a'].loaded)}' data-b='{int(SESSIONS['b'].loaded)}' "
+    note = note or ("working ..." if busy else "")
+    note_html = f"<div class='st-meta' style='color:{color}'>{'error: ' if kind == 'error' else ''}{html.escape(note)}</div>" if note else ""
+    return (f"<div class='st-line' role='status' aria-label='chat status' aria-busy='{str(busy).lower()}' "
+            f"data-a='{int(SESSIONS['a'].loaded)}' data-b='{int(SESSIONS['b'].loaded)}' "
             f"data-kind='{kind}' data-busy='{int(busy)}'>{loaded}{note_html}</div>")
+
+
+def top_bar_note(model: str | None, adapter: str | None) -> str:
+    """What to say when the top bar names another model or adapter than the one A has loaded ("" when the same)."""
+    if not SESSIONS["a"].loaded or LOADED_FROM["a"] is None or LOADED_FROM["a"] == ((model or "default"), (adapter or "")):
+        return ""
+    named = adapter or model or "default"
+    return f"the top bar now names {named}; A still answers with {SESSIONS['a'].label}: press Load to switch"
 
 
 def _problem(e: Exception) -> str:
@@ -119,13 +133,12 @@ def build(ctx) -> None:
                                         precision=0 if f.name in ("top_k", "max_new_tokens", "seed") else None,
                                         elem_id=f"chat-{f.name.replace('_', '-')}", min_width=120)
     with gr.Accordion("call it over the API (studio serve)", open=False, elem_id="chat-api"):
-        serve_panel.build(ctx)
-        api_code = gr.Markdown(snippets(None, None), elem_id="chat-api-code")
+        serve_panel.build(ctx, system)
     with gr.Row():
         chat_a = gr.Chatbot(label="A", editable="all", elem_id="chat-a", height=420)
         chat_b = gr.Chatbot(label="B", editable="all", elem_id="chat-b", height=420, visible=False)
     with gr.Row(equal_height=True):
-        message = gr.Textbox(show_label=False, placeholder="Type a message, press Enter", lines=1, max_lines=6,
+        message = gr.Textbox(label="message", show_label=False, placeholder="Type a message, press Enter", lines=1, max_lines=6,
                              elem_id="chat-msg", scale=5)
         send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=0, min_width=90)
         stop = gr.Button("Stop", variant="stop", elem_id="chat-stop", scale=0, min_width=90)
@@ -158,26 +171,32 @@ def build(ctx) -> None:
         wanted = [("a", model, adapter)] + ([("b", mb, ab)] if on else [])
         if not on:
             SESSIONS["b"].unload()  # a single model: the pair is released
+            LOADED_FROM["b"] = None
         notes = []
         for key, m, a in wanted:
             yield status_html(f"loading {key.upper()}: {a or m} ...", busy=True)
             try:
                 notes.append(f"{key.upper()}: " + SESSIONS[key].load(m or None, a or None, None if template in (None, "", "auto") else template))
+                LOADED_FROM[key] = (m or "default", a or "")
             except Exception as e:
                 yield status_html(f"{key.upper()} not loaded: {_problem(e)}", "error")
                 return
         gpu = _hold_gpu(ctx.runs_root)
         yield status_html(" · ".join(n.split("\n", 1)[-1] for n in notes if "\n" in n) + gpu)
 
-    api_inputs = [top["model.name_or_path"], top["model.adapter"], system]
-    for comp in api_inputs:  # the lines follow the chosen model, adapter and system prompt
-        comp.change(lambda m, a, sp: snippets(m or None, a or None, sp or ""), api_inputs, api_code)
+    def on_top_bar(model, adapter):
+        note = top_bar_note(model, adapter)
+        return status_html(note) if note or LOADED_FROM["a"] is not None else gr.skip()
+
+    for comp in (top["model.name_or_path"], top["model.adapter"]):  # A keeps its model until Load: the status says so
+        comp.change(on_top_bar, [top["model.name_or_path"], top["model.adapter"]], status, show_progress="hidden")
 
     load.click(on_load, [top["model.name_or_path"], top["model.adapter"], top["model.template"], side, model_b, adapter_b], status)
 
     def on_unload():
         for s in SESSIONS.values():
             s.unload()
+        LOADED_FROM.update(a=None, b=None)
         queue.release(ctx.runs_root, CHAT_HOLDER)
         return status_html("unloaded")
 
@@ -273,7 +292,7 @@ def build(ctx) -> None:
             return gr.update(), f"**error:** {_problem(e)}"
 
     folder.submit(on_folder, folder, [name, saved])
-    if ctx.refresh_top is not None:
-        ctx.refresh_top.click(lambda: (gr.update(choices=app.model_choices(workdir)), gr.update(choices=app.adapter_choices(ctx.runs_root, workdir))),
-                              None, [model_b, adapter_b])
+    if ctx.pickers is not None:  # B's pickers offer what the top bar's do, kept current the same way
+        ctx.pickers.add(model_b, like=top["model.name_or_path"])
+        ctx.pickers.add(adapter_b, like=top["model.adapter"])
     ctx.demo.load(lambda: (status_html(), gr.update(choices=registry.names(workdir / "data"))), None, [status, name])

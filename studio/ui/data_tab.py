@@ -42,15 +42,12 @@ def progress_html(events: list[dict], status: str, run: str | None) -> str:
     total, done = last.get("total") or 0, last.get("done") or 0
     pct = 100 * done / total if total else 0
     dropped = ", ".join(f"{k} {v}" for k, v in (last.get("dropped") or {}).items()) or "none"
-    bits = [f"<b>{html.escape(Path(run).name)}</b>", f"<span class='st-status st-{status}'>{status}</span>",
-            f"kept {last.get('kept', 0)}/{total or '?'} {html.escape(str(last.get('unit', '')))}",
+    bits = [f"kept {last.get('kept', 0)}/{total or '?'} {html.escape(str(last.get('unit', '')))}",
             f"generated {last.get('generated', 0)}", f"samples {last.get('samples', 0)}",
             f"dropped: {html.escape(dropped)}", f"failed requests {last.get('failed_requests', 0)}"]
     if last.get("phase") and status == "running":
         bits.append(f"phase: {html.escape(last['phase'])}")
-    return (f"<div class='st-progress' data-status='{status}' data-kept='{last.get('kept', 0)}' data-total='{total}'>"
-            f"<div class='st-bar'><div class='st-fill st-{status}' style='width:{pct:.1f}%'></div></div>"
-            f"<div class='st-line'>{' · '.join(bits)}</div></div>")
+    return monitor.bar_html(run, status, pct, bits, kept=last.get('kept', 0), total=total)
 
 
 def tables(run: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -125,10 +122,7 @@ def build(ctx) -> None:
     started = start_btn.click(on_start, {source, state, *inputs.values(), *top.values()}, [state, message, result])
 
     def on_abort(st):
-        if not st.get("run") or not runs.is_running(st["run"]):
-            return "ℹ️ no running generation is followed here"
-        jobs.stop(st["run"])
-        return f"ℹ️ stopping {Path(st['run']).name}: what was kept stays in its run folder; start it again to go on"
+        return "ℹ️ " + jobs.abort(st, "generation", "what was kept stays in its run folder; start it again to go on")
 
     abort_btn.click(on_abort, state, message)
 

@@ -40,7 +40,7 @@ def examples_html(result: dict, page: int) -> str:
         return ""
     exs = result["examples"]
     pages = max(1, -(-len(exs) // PAGE))
-    page = min(max(1, int(page or 1)), pages)
+    page = min(max(1, int(page)), pages) if isinstance(page, (int, float)) and abs(page) < 1e9 else 1
     parts = [f"<div class='st-meta'>page {page} of {pages} (first {len(exs)} examples); "
              "<span class='st-tok' style='padding:0 4px;border:0'><span class='t'>highlighted</span></span> tokens carry the loss</div>"]
     for ex in exs[(page - 1) * PAGE: page * PAGE]:
@@ -99,7 +99,7 @@ def build(ctx, spec_from, form_inputs: set, fields) -> None:
     with gr.Accordion("Dataset preview", open=False, elem_id="data-preview"):
         with gr.Row():
             show = gr.Button("Preview data", elem_id="preview-data", scale=0, min_width=160)
-            page = gr.Number(value=1, precision=0, minimum=1, label="page", scale=0, min_width=100)
+            page = gr.Number(value=1, precision=0, label="page", scale=0, min_width=100)
         counts = gr.Markdown(elem_id="preview-counts")
         body = gr.HTML(elem_id="preview-body")
     result = gr.State({})

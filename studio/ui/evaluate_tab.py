@@ -1,9 +1,11 @@
-"""Evaluate & Predict tab: evaluate the top bar's model and adapter (and more, side by side) on datasets.
+"""Evaluate & Predict tab: evaluate the top bar's model and adapter (and more, side by side) on datasets,
+benchmarks and a judge.
 
 The form makes a `task: eval` spec (the model, template and adapter come from the top bar); Start runs
 `python -m studio.evaluate.job` as a child job, followed by its events. When it ends: the metrics of every
-model side by side, the predictions of one model sortable and filterable by score, and its worst and best
-samples. Earlier evaluations can be opened from the list of eval runs.
+model side by side, the benchmark table with each run's deltas against the base and the judge's win rate with
+the judged pairs (studio/ui/scores_view.py), the predictions of one model sortable and filterable by score, and
+its worst and best samples. Earlier evaluations can be opened from the list of eval runs.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ import pandas as pd
 
 from studio.run import events as ev
 from studio.evaluate import metrics
-from studio.evaluate.prefscore import KEYS as PAIR_KEYS
+from studio.evaluate.prefscore import COLUMNS as PAIR_COLUMNS, KEYS as PAIR_KEYS
 from studio.evaluate import predictions
 from studio.run import status as runs
 from studio import spec as specmod
 from studio.errors import is_user_error
-from studio.ui import form, jobs, monitor, watch
+from studio.evaluate import scorecard
+from studio.ui import form, jobs, monitor, scores_view, watch
 
 TITLE = "Evaluate & Predict"
 
@@ -30,6 +33,10 @@ FIELDS = [
     ["eval.batch_size", "eval.max_new_tokens", "eval.do_sample", "eval.temperature", "eval.top_p", "eval.top_k", "eval.seed"],
     ["eval.compute_loss", "output_dir"],
 ]
+BENCH_FIELDS = ["eval.benchmarks", "eval.benchmark_dirs", "eval.num_fewshot", "eval.benchmark_limit", "eval.benchmark_batch_size",
+                "eval.chat_template"]
+JUDGE_FIELDS = [["eval.judge", "eval.judge_against", "eval.judge_model", "eval.judge_retries", "eval.judge_max_new_tokens"],
+                ["eval.judge_base_url", "eval.judge_endpoint_model", "eval.judge_api_key_env"]]
 SCORES = [*metrics.KEYS]
 SORTS = [f"{k} {d}" for k in ("rouge-l", "bleu-4", "rouge-1", "rouge-2") for d in ("worst first", "best first")] + ["dataset order"]
 SHOWN = 500  # prediction rows sent to the page
@@ -61,10 +68,10 @@ def make_spec(values: dict, top: dict, runs_root: Path, workdir: Path) -> specmo
     vals["output_dir"] = "runs/auto" if auto else vals["output_dir"]
     base = specmod.from_dict(specmod.JobSpec, {"task": "eval", "data": {"dataset": []}})
     spec = form.values_to_spec(vals, base)
-    if not spec.data.eval_dataset:
-        raise specmod.SpecError("data.eval_dataset: choose at least one dataset to evaluate on")
+    if not spec.data.eval_dataset and not spec.eval.benchmarks:
+        raise specmod.SpecError("data.eval_dataset: choose at least one dataset to evaluate on, or benchmarks (eval.benchmarks)")
     if auto:
-        name = f"{runs.stamp()}-eval-{'+'.join(spec.data.eval_dataset)[:40]}"
+        name = f"{runs.stamp()}-eval-{'+'.join(spec.data.eval_dataset or spec.eval.benchmarks)[:40]}"
         p = runs.unique_dir(runs_root, name)
         try:
             spec.output_dir = str(p.resolve().relative_to(Path(workdir).resolve()))
@@ -74,21 +81,22 @@ def make_spec(values: dict, top: dict, runs_root: Path, workdir: Path) -> specmo
 
 
 def progress_html(events: list[dict], status: str, run: str | None) -> str:
-    """A progress bar: samples done of all models, samples/s, ETA, the model at work."""
+    """A progress bar: samples (or preference pairs, or benchmark tasks) done of all models, the rate, ETA, the model
+    at work."""
     if not run:
         return "<div class='st-progress st-idle'>No evaluation followed. Press Start, or open an earlier one below.</div>"
     start = next((e for e in events if e["event"] == "start"), {})
     prog = [e for e in events if e["event"] == "progress"]
     last = prog[-1] if prog else {}
-    total = start.get("total_steps") or last.get("total") or 0
+    total = last.get("total") or start.get("total_steps") or 0  # the phase at work counts in its own unit
+    unit = last.get("unit") or start.get("unit") or "samples"
     done = total if status == "done" else last.get("done", 0)
     pct = 100 * done / total if total else 0
-    bits = [f"<b>{html.escape(Path(run).name)}</b>", f"<span class='st-status st-{status}'>{status}</span>",
-            f"{done}/{total or '?'} samples"]
+    bits = [f"{done}/{total or '?'} {unit}"]
     if last.get("model") and status == "running":
         bits.append(f"model {html.escape(last['model'])}")
     if last.get("rate"):
-        bits.append(f"{last['rate']:.2f} samples/s")
+        bits.append(f"{last['rate']:.2f} {unit}/s")
     if status == "running" and last.get("eta_s") is not None:
         bits.append(f"ETA {int(last['eta_s'])}s")
     if status == "running":
@@ -97,18 +105,30 @@ def progress_html(events: list[dict], status: str, run: str | None) -> str:
     if status in ("error", "crashed"):
         end = ev.final(events) or {}
         bits.append(html.escape(end.get("message") or "the process ended without a final event; see output.log"))
-    return (f"<div class='st-progress' data-status='{status}' data-done='{done}' data-total='{total}'>"
-            f"<div class='st-bar'><div class='st-fill st-{status}' style='width:{pct:.1f}%'></div></div>"
-            f"<div class='st-line'>{' · '.join(bits)}</div></div>")
+    return monitor.bar_html(run, status, pct, bits, done=done, total=total)
 
 
 def metrics_frame(result: dict | None) -> pd.DataFrame:
-    """One row per model: BLEU/ROUGE, eval loss, perplexity, speed."""
+    """One row per model: BLEU/ROUGE, eval loss, perplexity, speed; for preference pairs (prefscore.rows) the base
+    and each run, with the columns any of them has."""
     cols = ["model", *SCORES, "eval_loss", "perplexity", "samples", "samples_per_second", "generated_tokens_per_second"]
-    if (result or {}).get("pairs"):  # preference pairs: which answer each run prefers, next to its base
+    if (result or {}).get("pairs"):  # preference pairs: which answer each model prefers, each run's margins on the base
         cols = ["model", *(k for k in PAIR_KEYS if any(k in m for m in result["models"]))]
     rows = [[m.get("name") if c == "model" else m.get(c) for c in cols] for m in (result or {}).get("models", [])]
     return pd.DataFrame(rows, columns=cols)
+
+
+def empty_note(result: dict | None) -> str:
+    """What the Predictions section says when it has no rows: why, and for preference pairs what the metrics'
+    columns mean (the generation settings do not apply to pairs)."""
+    if not result:
+        return "_No predictions: open an evaluation above, or start one._"
+    if not result.get("pairs"):
+        return "_No predictions were written by this evaluation._"
+    shown = [k for k in PAIR_KEYS if any(k in m for m in result.get("models", []))]
+    return ("_No predictions: preference pairs are scored, not answered. Each model's log-probability of the chosen and "
+            "the rejected answer is compared; max new tokens, sampling, temperature, top-p/top-k and the batch size "
+            "do not apply._\n\n**Metrics columns**\n" + "\n".join(f"- `{k}`: {PAIR_COLUMNS[k]}" for k in shown))
 
 
 def read_predictions(run_dir: str | Path, model: str | None) -> list[dict]:
@@ -201,7 +221,11 @@ def build(ctx) -> None:
         "output_dir": gr.Textbox(value="", label="output dir", placeholder="auto: runs/<time>-eval-<datasets>", max_lines=1,
                                  info=specmod.field_help("output_dir"), render=False),
     }
-    for name in (n for row in FIELDS for n in row):  # ids of their own: the Train tab has widgets for the same fields
+    special["eval.benchmarks"] = gr.Dropdown(choices=scores_view.benchmark_choices(), value=[], multiselect=True,
+                                             allow_custom_value=True, label="benchmarks", info=specmod.field_help("eval.benchmarks"),
+                                             render=False)
+    groups = [*FIELDS, BENCH_FIELDS, *JUDGE_FIELDS]
+    for name in (n for row in groups for n in row):  # ids of their own: the Train tab has widgets for the same fields
         comp = special.get(name) or form.widget(name, render=False)
         comp.elem_id = "ev-" + form.elem_id(name)[2:]
         special[name] = comp
@@ -209,6 +233,15 @@ def build(ctx) -> None:
     for row in FIELDS:
         with gr.Row(equal_height=False):
             fields.update(form.bind(row, special))
+    with gr.Accordion("Benchmarks (lm-evaluation-harness): every model on the same tasks, deltas against the base", open=True,
+                      elem_id="eval-bench-box"):
+        with gr.Row(equal_height=False):
+            fields.update(form.bind(BENCH_FIELDS, special))
+    with gr.Accordion("Judge: which model answers the eval datasets' prompts better (each pair in both orders)", open=False,
+                      elem_id="eval-judge-box"):
+        for row in JUDGE_FIELDS:
+            with gr.Row(equal_height=False):
+                fields.update(form.bind(row, special))
     with gr.Row():
         start_btn = gr.Button("Start evaluation", variant="primary", elem_id="eval-start")
         abort_btn = gr.Button("Abort", variant="stop", elem_id="eval-abort")
@@ -219,6 +252,14 @@ def build(ctx) -> None:
     summary = gr.Markdown(elem_id="eval-summary")
     gr.Markdown("### Metrics")
     metrics_table = gr.Dataframe(metrics_frame(None), interactive=False, elem_id="eval-metrics", wrap=True)
+    gr.Markdown("### Benchmarks")
+    bench_html = gr.HTML(elem_id="eval-benchmarks")
+    gr.Markdown("### Judge")
+    judge_note = gr.Markdown(elem_id="eval-judge")
+    judge_sort = gr.Dropdown(choices=scores_view.JUDGE_SORTS, value=scores_view.JUDGE_SORTS[0], label="judged pairs: sort by",
+                             elem_id="eval-judge-sort")
+    judged = gr.Dataframe(scores_view.judgements_frame([]), interactive=False, elem_id="eval-judgements", wrap=True,
+                          max_height=500, label="judged pairs")
     gr.Markdown("### Predictions")
     with gr.Row():
         opened = gr.Dropdown(choices=eval_runs(runs_root), value=None, label="evaluation", allow_custom_value=True,
@@ -227,29 +268,33 @@ def build(ctx) -> None:
         sort = gr.Dropdown(choices=SORTS, value=SORTS[0], label="sort by", elem_id="eval-sort")
         search = gr.Textbox(label="contains", placeholder="text in question, prediction or reference", max_lines=1,
                             elem_id="eval-search")
-        lo = gr.Number(value=0, label="score from", elem_id="eval-lo", minimum=0, maximum=100)
-        hi = gr.Number(value=100, label="score to", elem_id="eval-hi", minimum=0, maximum=100)
+        lo = gr.Number(value=0, label="score from", elem_id="eval-lo")  # no bounds: gradio answers an out-of-range value with an error
+        hi = gr.Number(value=100, label="score to", elem_id="eval-hi")  # filter_rows reads any number
     count = gr.Markdown(elem_id="eval-count")
     table = gr.Dataframe(predictions_frame([]), interactive=False, elem_id="eval-predictions", wrap=True, max_height=500,
                          column_widths=["4%", "7%", "7%", "7%", "7%", "20%", "24%", "24%"])
     extremes = gr.Markdown(elem_id="eval-extremes")
 
     # --- handlers ---------------------------------------------------------------------------------------
-    def show(run, model, sort_by, text, a, b):
+    def show(run, model, sort_by, text, a, b, order):
         if not run:
-            return gr.update(), gr.update(), "", predictions_frame([]), ""
+            return gr.update(), gr.update(), "", predictions_frame([]), "", "", "", scores_view.judgements_frame([])
+        summary, items = scores_view.read_judge(run)
+        scores = (scores_view.benchmark_html(scorecard.read(run)), scores_view.judge_md(summary),
+                  scores_view.judgements_frame(items, order))
         result = predictions.load_results(run)
         models = [m["name"] for m in (result or {}).get("models", [])]
         model = model if model in models else (models[-1] if models else None)
         rows = read_predictions(run, model) if model else []
         shown = filter_rows(rows, sort_by, text, a, b)
         note = f"{len(shown)} of {len(rows)} predictions" + (f" (first {SHOWN} shown)" if len(shown) > SHOWN else "")
-        return (metrics_frame(result), gr.update(choices=models, value=model), note if rows else "",
-                predictions_frame(shown), extremes_md(rows))
+        return (metrics_frame(result), gr.update(choices=models, value=model), note if rows else empty_note(result),
+                predictions_frame(shown), extremes_md(rows), *scores)
 
-    view_outputs = [metrics_table, model_pick, count, table, extremes]
-    view_inputs = [opened, model_pick, sort, search, lo, hi]
-    for comp, event in ((model_pick, "input"), (sort, "input"), (search, "submit"), (lo, "submit"), (hi, "submit"), (opened, "input")):
+    view_outputs = [metrics_table, model_pick, count, table, extremes, bench_html, judge_note, judged]
+    view_inputs = [opened, model_pick, sort, search, lo, hi, judge_sort]
+    for comp, event in ((model_pick, "input"), (sort, "input"), (search, "submit"), (lo, "submit"), (hi, "submit"), (opened, "input"),
+                        (judge_sort, "input")):
         getattr(comp, event)(show, view_inputs, view_outputs)
     search.blur(show, view_inputs, view_outputs)
 
@@ -267,10 +312,7 @@ def build(ctx) -> None:
     started = start_btn.click(on_start, {*ctx.top.values(), *fields.values(), state}, [state, message])
 
     def on_abort(st):
-        if not st.get("run") or not runs.is_running(st["run"]):
-            return "ℹ️ no running evaluation is followed here"
-        jobs.stop(st["run"])
-        return f"ℹ️ stopping {Path(st['run']).name}"
+        return "ℹ️ " + jobs.abort(st, "evaluation")
 
     abort_btn.click(on_abort, state, message)
 
@@ -290,5 +332,6 @@ def build(ctx) -> None:
 
     refresh_btn.click(on_refresh, None, [fields["eval.compare"], fields["data.eval_dataset"], opened])
     ctx.demo.load(on_refresh, None, [fields["eval.compare"], fields["data.eval_dataset"], opened])
-    if ctx.refresh_top is not None:
-        ctx.refresh_top.click(on_refresh, None, [fields["eval.compare"], fields["data.eval_dataset"], opened])
+    if ctx.pickers is not None:  # runs that end after the load are offered when a picker opens (ui/pickers.py)
+        ctx.pickers.add(fields["eval.compare"], lambda: compare_choices(runs_root, workdir), on_load=False)
+        ctx.pickers.add(opened, lambda: eval_runs(runs_root), on_load=False)

@@ -66,11 +66,8 @@ def progress_html(events: list[dict], status: str, run: str | None) -> str:
         done = total
     phase = last.get("phase", "starting ...") if status == "running" else ""
     pct = 100 * done / total if total else 0
-    bits = [f"<b>{html.escape(Path(run).name)}</b>", f"<span class='st-status st-{status}'>{status}</span>",
-            f"phase {min(done + (status == 'running'), total)}/{total or '?'}" + (f": {html.escape(phase)}" if phase else "")]
-    return (f"<div class='st-progress' data-status='{status}' data-step='{done}' data-total='{total}'>"
-            f"<div class='st-bar'><div class='st-fill st-{status}' style='width:{pct:.1f}%'></div></div>"
-            f"<div class='st-line'>{' · '.join(bits)}</div></div>")
+    bits = [f"phase {min(done + (status == 'running'), total)}/{total or '?'}" + (f": {html.escape(phase)}" if phase else "")]
+    return monitor.bar_html(run, status, pct, bits, step=done, total=total)
 
 
 def _size(n: int) -> str:
@@ -113,7 +110,7 @@ def build(ctx) -> None:
         source = gr.Dropdown(choices=run_choices(runs_root, workdir), value=None, allow_custom_value=True, scale=3,
                              label="run folder", elem_id="export-source",
                              info="A finished training run (adapter or full model). Empty: export the model chosen at the top.")
-        refresh = gr.Button("↻", scale=0, min_width=40, size="sm", elem_id="export-refresh")
+        refresh = gr.Button("↻ runs", scale=0, min_width=80, size="sm", elem_id="export-refresh")
         export_dir = gr.Textbox(label="export dir", info=specmod.field_help("export.export_dir"), placeholder="auto: <job folder>/export",
                                 max_lines=1, scale=2, elem_id=form.elem_id("export.export_dir"))
     with gr.Row():
@@ -129,6 +126,8 @@ def build(ctx) -> None:
     result = gr.Markdown(elem_id="export-result")
 
     refresh.click(lambda: gr.update(choices=run_choices(runs_root, workdir)), None, source)
+    if ctx.pickers is not None:  # a run that finished after the page loaded is offered without a click
+        ctx.pickers.add(source, lambda: run_choices(runs_root, workdir))
 
     def on_start(data):
         st = data[state]
@@ -146,10 +145,7 @@ def build(ctx) -> None:
                               [state, message, result])
 
     def on_abort(st):
-        if not st.get("run") or not runs.is_running(st["run"]):
-            return "ℹ️ no running export is followed here"
-        jobs.stop(st["run"])
-        return f"ℹ️ stopping {Path(st['run']).name}: the partial output is removed"
+        return "ℹ️ " + jobs.abort(st, "export", "the partial output is removed")
 
     abort_btn.click(on_abort, state, message)
 

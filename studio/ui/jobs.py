@@ -18,7 +18,7 @@ from studio import spec as specmod
 from studio.data import preview_cache
 from studio.data.registry import DataError
 
-_children: list[subprocess.Popen] = []  # started by this server; polled so finished ones do not linger as zombies
+_children: list[subprocess.Popen] = []  # started by this server, each waited for by a thread (process.reap_on_exit)
 
 
 def inside(workdir: Path, path: str | Path, what: str) -> Path:
@@ -42,6 +42,7 @@ def auto_output_dir(runs_root: Path, spec: specmod.JobSpec, workdir: Path) -> st
 
 
 def reap() -> None:
+    """Forget the children that have ended (each was reaped by its thread the moment it ended)."""
     _children[:] = [p for p in _children if p.poll() is None]
 
 
@@ -60,7 +61,7 @@ def start(spec: specmod.JobSpec, workdir: Path, runs_root: Path, check_data=None
             raise DataError(f"the data cannot train: {result['reason']} (see Dataset preview)")
     proc, note = queue.submit(spec, runs_root)
     if proc is not None:
-        _children.append(proc)
+        _children.append(process.reap_on_exit(proc))
     notes[str(out)] = note
     return out
 
@@ -75,6 +76,15 @@ def stop(run_dir: str | Path) -> bool:
     process.stop(run_dir, wait=False)
     threading.Thread(target=process.stop, args=(run_dir,), kwargs={"grace": 30.0}, daemon=True).start()
     return True
+
+
+def abort(st: dict, noun: str, after: str = "") -> str:
+    """A tab's Abort: stop the run it follows (st["run"], a monitor.follow state). Returns the line to show: that it
+    stops (then `after`: what the job does as it ends), or that no running `noun` is followed here."""
+    run = st.get("run")
+    if not run or not stop(run):
+        return f"no running {noun} is followed here"
+    return f"stopping {Path(run).name}" + (f": {after}" if after else "")
 
 
 # --- data preview through a child process (no torch in the page's process) -----------------------------

@@ -47,7 +47,7 @@ def special() -> dict:
 
 
 def plan_text(spec: specmod.JobSpec) -> str:
-    """What the job will use on this machine (attention kernel, batching, precision), as studio.plan decides."""
+    """What the job will use on this machine (attention kernel, batching, precision), as studio.model.plan decides."""
     from studio.model import plan
 
     try:

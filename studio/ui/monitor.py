@@ -60,6 +60,16 @@ def _dur(s) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def bar_html(run: str, status: str, pct: float, details: list[str], **data) -> str:
+    """The progress bar of a followed run, the same on every tab: `data` as attributes after data-status (data-step,
+    data-total ...), the bar filled to `pct` percent, and a line: the run's name, its status, then `details`."""
+    attrs = "".join(f" data-{k}='{v}'" for k, v in {"status": status, **data}.items())
+    bits = [f"<b>{html.escape(Path(run).name)}</b>", f"<span class='st-status st-{status}'>{status}</span>", *details]
+    return (f"<div class='st-progress'{attrs}>"
+            f"<div class='st-bar'><div class='st-fill st-{status}' style='width:{pct:.1f}%'></div></div>"
+            f"<div class='st-line'>{' · '.join(bits)}</div></div>")
+
+
 def progress_html(events: list[dict], status: str, run: str | None = None) -> str:
     """A progress bar with step/total, elapsed, ETA and tokens/s."""
     if not run:
@@ -75,8 +85,7 @@ def progress_html(events: list[dict], status: str, run: str | None = None) -> st
     t0 = (start or events[0])["t"] if events else None
     end = ev.final(events)
     elapsed = ((end["t"] if end else time.time()) - t0) if t0 else None
-    bits = [f"<b>{html.escape(Path(run).name)}</b>", f"<span class='st-status st-{status}'>{status}</span>",
-            f"step {step}/{total or '?'}", f"elapsed {_dur(elapsed)}"]
+    bits = [f"step {step}/{total or '?'}", f"elapsed {_dur(elapsed)}"]
     if status == "running" and last.get("eta_s") is not None:
         bits.append(f"ETA {_dur(last['eta_s'])}")
     if last.get("tokens_per_second"):
@@ -86,9 +95,7 @@ def progress_html(events: list[dict], status: str, run: str | None = None) -> st
     if status == "running" and not logs:
         msgs = [e["text"] for e in events if e["event"] == "message"]
         bits.append(html.escape(msgs[-1]) if msgs else "loading data and model ...")
-    return (f"<div class='st-progress' data-status='{status}' data-step='{step}' data-total='{total}' data-points='{len(logs)}'>"
-            f"<div class='st-bar'><div class='st-fill st-{status}' style='width:{pct:.1f}%'></div></div>"
-            f"<div class='st-line'>{' · '.join(bits)}</div></div>")
+    return bar_html(run, status, pct, bits, step=step, total=total, points=len(logs))
 
 
 def log_size(run_dir: str | Path | None) -> int:

@@ -50,8 +50,9 @@ def queue_action(runs_root: Path, action: str, run: str, to) -> str:
         if action == "cancel":
             queue.cancel(run, runs_root)
             return f"cancelled {run}: it will not start"
-        queue.move(run, int(to or 1), runs_root)
-        return f"moved {run} to position {int(to or 1)}"
+        to = max(1, int(to)) if isinstance(to, (int, float)) and abs(to) < 1e9 else 1
+        queue.move(run, to, runs_root)
+        return f"moved {run} to position {to}"
     except Exception as e:
         if not is_user_error(e):
             raise
@@ -131,7 +132,7 @@ def build(ctx, follow_state):
         queue_list = gr.Dataframe(value=queue_table(runs_root), headers=QUEUE_COLUMNS, interactive=False, elem_id="queue-table")
         with gr.Row():
             queue_run = gr.Textbox(label="waiting run", scale=3, elem_id="queue-run", info="Click a row of the queue to pick it.")
-            queue_to = gr.Number(value=1, precision=0, minimum=1, label="move to position", scale=1, elem_id="queue-to")
+            queue_to = gr.Number(value=1, precision=0, label="move to position", scale=1, elem_id="queue-to")
             cancel_btn = gr.Button("Cancel it", size="sm", scale=0, min_width=110, elem_id="queue-cancel")
             move_btn = gr.Button("Move", size="sm", scale=0, min_width=90, elem_id="queue-move")
         queue_note = gr.Markdown("", elem_id="queue-note")
@@ -171,6 +172,8 @@ def build(ctx, follow_state):
         btn.click(lambda run, to, a=action: queue_action(runs_root, a, run, to), [queue_run, queue_to], queue_note).then(
             lambda: (queue_table(runs_root), table(runs_root)), None, [queue_list, listing])
     listing.change(lambda sel: gr.update(choices=names(), value=sel), pick, pick)
+    if getattr(ctx, "pickers", None) is not None:  # a run that starts or ends changes the list: the pickers read again
+        ctx.pickers.refresh_on(listing.change)
 
     def on_row(evt: gr.SelectData):
         row = evt.row_value or []

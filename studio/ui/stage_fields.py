@@ -2,7 +2,8 @@
 curves each stage cares about (margins and accuracy for preferences, reward per function and KL for GRPO).
 
 The train tab calls `build` after its method groups (accordions shown for the chosen method.stage), `wire` once the
-stage widget and dataset lists exist, and plots `curves(events)` beside the loss.
+stage widget and dataset lists exist (a stage the user chooses sets its `defaults` from the stage table and drops the
+chosen datasets that do not fit it, with a note), and plots `curves(events)` beside the loss.
 """
 from __future__ import annotations
 
@@ -68,15 +69,91 @@ def build(fields: dict, rows, stage: str) -> list:
     return boxes
 
 
-def wire(stage_widget, boxes: list, dataset_dir_widget, dataset_widgets: list, workdir) -> None:
-    """A stage change shows its fields and offers only the datasets that fit it."""
+def form_values(stage: str, page: dict) -> dict:
+    """The values the form takes when `stage` is chosen: its defaults in the stage table, and for each other field some
+    stage sets, the page's own (`page`: dotted -> the value of the page's first spec)."""
+    own = STAGE_TABLE[stage].defaults if stage in STAGE_TABLE else {}
+    keys = dict.fromkeys(k for s in STAGE_TABLE.values() for k in s.defaults)
+    return {k: own.get(k, page.get(k)) for k in keys}
+
+
+def not_fitting(stage: str, lists: dict, fitting: list[str], kinds: dict) -> tuple[dict, str]:
+    """The dataset lists (field -> names) kept to the entries that fit `stage`, and a line naming those dropped and why
+    ("" when none was); `kinds`: name -> its kind in dataset_info.json, where known."""
+    kept, gone = {}, {}
+    for name, values in lists.items():
+        kept[name] = [v for v in values or [] if v in fitting]
+        for v in values or []:
+            if v not in fitting:
+                gone.setdefault(v, name)
+    if not gone:
+        return kept, ""
+    data = STAGE_TABLE[stage].data if stage in STAGE_TABLE else ()
+    wants = " or ".join(f"{k} ({KINDS[k]})" if k in KINDS else k for k in data)
+    said = ", ".join(f"`{v}` ({kinds.get(v) or 'not registered'})" for v in gone)
+    where = " and ".join(dict.fromkeys(gone.values()))
+    return kept, f"Removed from {where}: {said}; stage {stage} trains on {wants} datasets."
+
+
+KINDS = {"ranking": "preference pairs", "kto": "answers labelled good or bad", "prompt": "prompts only"}  # the note's words
+
+
+def stage_note(stage: str, values: dict, dropped: str) -> str:
+    """What choosing `stage` changed in the form: the fields it set, and the datasets it dropped."""
+    own = STAGE_TABLE[stage].defaults if stage in STAGE_TABLE else {}
+    lines = []
+    if own:
+        lines.append(f"Stage {stage} sets its defaults: " + ", ".join(f"{k}={values[k]}" for k in own) + ".")
+    elif values:
+        lines.append(f"Stage {stage} takes the page's own values: " + ", ".join(f"{k}={v}" for k, v in values.items()) + ".")
+    if dropped:
+        lines.append(dropped)
+    return "  \n".join(lines)
+
+
+def _kinds(folder, names) -> dict:
+    from studio.data import registry
+    from studio.errors import UserError
+
+    try:
+        info = registry.read_info(folder)
+    except UserError:
+        return {}
+    out = {}
+    for n in names:
+        try:
+            out[n] = registry.entry(folder, n, info).kind
+        except UserError:
+            continue
+    return out
+
+
+def wire(stage_widget, boxes: list, dataset_dir_widget, dataset_widgets: dict, workdir, fields: dict, note, page: dict) -> None:
+    """A stage change (a loaded spec's too) shows its fields and offers only the datasets that fit it; a stage the user
+    chooses also sets the stage's defaults (`page`: the page's own values, for the fields another stage sets) and drops
+    the chosen datasets that do not fit it, saying which and why in `note`. `dataset_widgets`: dotted name -> list."""
     import gradio as gr
 
     from studio.data import preference
+    from studio.ui import form
+
+    lists = list(dataset_widgets.values())
 
     def on_stage(stage, folder):
         names = preference.fitting(workdir / (folder or "data"), stage)
         shown = [gr.update(visible=stage == own) for _, own in boxes]
-        return shown + [gr.update(choices=names) for _ in dataset_widgets]
+        return shown + [gr.update(choices=names) for _ in lists]
 
-    stage_widget.change(on_stage, [stage_widget, dataset_dir_widget], [b for b, _ in boxes] + list(dataset_widgets))
+    stage_widget.change(on_stage, [stage_widget, dataset_dir_widget], [b for b, _ in boxes] + lists)
+    keys = [k for k in form_values("sft", page) if k in fields]
+
+    def on_pick(stage, folder, *chosen):
+        ddir = workdir / (folder or "data")
+        names = preference.fitting(ddir, stage)
+        picked = dict(zip(dataset_widgets, chosen))
+        kept, dropped = not_fitting(stage, picked, names, _kinds(ddir, [v for c in chosen for v in c or []]))
+        values = form_values(stage, page)
+        return ([gr.update(choices=names, value=kept[n]) for n in dataset_widgets]
+                + [form.to_widget(k, values[k]) for k in keys] + [stage_note(stage, values, dropped)])
+
+    stage_widget.input(on_pick, [stage_widget, dataset_dir_widget, *lists], [*lists, *(fields[k] for k in keys), note])

@@ -6,6 +6,7 @@ the form <-> spec conversion follow from the spec field.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import threading
 import time
@@ -44,7 +45,7 @@ MORE = ["train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "trai
         "train.eval_steps", "train.load_best_model_at_end", "train.metric_for_best_model", "train.early_stopping_patience",
         "train.save_total_limit", "train.seed", "train.resume_from_checkpoint", "data.train_on_prompt",
         "data.mask_history", "data.group_by_length", "model.attn_implementation", "train.liger_kernel", "train.neftune_alpha", "model.quantization_type", "model.double_quantization", "train.report_to",
-        "train.report_offline"]
+        "train.report_offline", "train.benchmarks"]
 # The page's first spec: what examples/identity_lora.yaml trains (identity, with alpaca_demo mixed in).
 DEFAULTS = ["output_dir=", "data.dataset=[identity,alpaca_demo]", "data.cutoff_len=256", "data.max_samples=32", "train.learning_rate=2.0e-3", "train.num_train_epochs=2",
             "train.warmup_ratio=0.05", "train.save_steps=10"]
@@ -85,6 +86,17 @@ def registry_view(workdir: Path, folder: str | None) -> tuple[list[str], str]:
     return list(entries), head + "\n" + "\n".join(f"- {line}" for line in lines)
 
 
+def short_note(spec: specmod.JobSpec, read_data: bool = True) -> str:
+    """A line under the message when the run is too short to learn (spec.stages.too_short), else ""; with `read_data`
+    the rows of a run by epochs come from the data's preview (cached: Start has just checked the data)."""
+    examples = None
+    if read_data and spec.train.max_steps <= 0:
+        with contextlib.suppress(Exception):
+            examples = (jobs.preview(spec).get("stats") or {}).get("examples")
+    line = specmod.too_short(spec, examples)
+    return f"  \n⚠️ {line}" if line else ""
+
+
 def build(ctx) -> None:
     workdir, runs_root = ctx.workdir, ctx.runs_root
     base = default_spec()
@@ -99,6 +111,7 @@ def build(ctx) -> None:
                                  placeholder="auto: runs/<time>-<method>-<datasets>", elem_id=form.elem_id("output_dir"), max_lines=1, render=False),
     }
     registry_note = gr.Markdown(note, elem_id="registry-note")
+    stage_note = gr.Markdown(elem_id="stage-note")  # what choosing a stage changed: its defaults, the datasets dropped
     fields: dict = {}
     for group in GROUPS:
         fields.update(_rows(group, special))
@@ -173,7 +186,9 @@ def build(ctx) -> None:
         return [gr.update(visible=ftype in types) for _, types in method_boxes]
 
     ctx.top["method.finetuning_type"].change(on_type, ctx.top["method.finetuning_type"], [b for b, _ in method_boxes])
-    stage_fields.wire(fields["method.stage"], stage_boxes, fields["data.dataset_dir"], [fields["data.dataset"], fields["data.eval_dataset"]], workdir)
+    stage_fields.wire(fields["method.stage"], stage_boxes, fields["data.dataset_dir"],
+                      {n: fields[n] for n in ("data.dataset", "data.eval_dataset")}, workdir, fields, stage_note,
+                      {k: specmod.get(base, k) for k in stage_fields.form_values("sft", {})})
 
     def on_refresh_data(folder, chosen, chosen_eval):
         found, note = registry_view(workdir, folder)
@@ -192,7 +207,7 @@ def build(ctx) -> None:
             return _message(str(e), "error"), gr.update(visible=False)
         text = (f"# save this spec as {SPEC_DIR}/train.yaml, then run:\n#   studio train {SPEC_DIR}/train.yaml\n"
                 f"# which starts:\n{launch_fields.command_text(spec)}\n\n{specmod.dumps(spec)}")
-        return "", gr.update(value=text, visible=True)
+        return short_note(spec, read_data=False).strip(), gr.update(value=text, visible=True)
 
     preview_btn.click(on_preview, form_inputs, [message, command_box])
 
@@ -230,29 +245,25 @@ def build(ctx) -> None:
             if not is_user_error(e):
                 raise
             return st, _message(str(e), "error"), gr.skip()
-        rel = spec.output_dir
+        rel, short = spec.output_dir, short_note(spec)
         if jobs.notes.get(str(run_dir)):  # queued: the watch follows it until it starts and ends
-            return monitor.follow(run_dir), _message(f"`{rel}` {jobs.notes[str(run_dir)]}", "info"), runs_view.table(runs_root)
-        return monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok"), runs_view.table(runs_root)
+            queued = _message(f"`{rel}` {jobs.notes[str(run_dir)]}", "info") + short
+            return monitor.follow(run_dir), queued, runs_view.table(runs_root)
+        return (monitor.follow(run_dir), _message(f"started `{rel}`: log in `{rel}/output.log`", "ok") + short,
+                runs_view.table(runs_root))
 
     started = start_btn.click(lambda: _message("checking the data and starting ..."), None, message, queue=False).then(
         on_start, form_inputs | {state}, [state, message, table])
 
     def on_abort(st):
-        run = st.get("run")
-        if not run or not runs.is_running(run):
-            return _message("no running job is followed here", "info")
-        jobs.stop(run)
-        return _message(f"stopping {Path(run).name}: it saves a checkpoint and ends", "info")
+        return _message(jobs.abort(st, "job", "it saves a checkpoint and ends"), "info")
 
     abort_btn.click(on_abort, state, message)
 
     def draw(st, session):
         """What changed in the followed run since `st`: (state, whether it has ended, updates of drawn[1:])."""
-        jobs.reap()
         was = st.get("status")
-        st, changed, status = monitor.tick(st)
-        ended = status not in ("running", "queued")  # a finished run is drawn once more, then the watch ends
+        st, changed, status, ended = watch.read(st)  # a finished run is drawn once more, then the watch ends
         log = gr.skip()
         if session in open_logs:  # the log box is sent only while its section is open, and only when output.log grew
             size = monitor.log_size(st["run"])
@@ -261,7 +272,7 @@ def build(ctx) -> None:
         if not changed:
             return st, ended, (gr.skip(), gr.skip(), gr.skip(), gr.skip(), log, gr.skip(), gr.skip(), gr.skip())
         evs, run = st["events"], st["run"]
-        finished = status in ("done", "error", "aborted", "crashed")
+        finished = status in watch.FINISHED
         # the curves are redrawn at most every PLOT_EVERY seconds while a run trains (drawing them costs the browser
         # more than the rest of the page), and at once when it ends
         new_points = "drawn" not in st or any(e["event"] in ("log", "eval") for e in evs[st["drawn"]:])

@@ -7,6 +7,7 @@ EVERY seconds at most. Each event costs the browser more than the updates it car
     watch = watcher(draw)   # draw(st, session) -> (st, ended, updates), an update being gr.skip() where nothing changed
     start.click(on_start, ...).then(watch, state, [state, *drawn], show_progress="hidden", concurrency_limit=None)
     follow_job(started, state, [progress, result], redraw)   # the same for a tab that redraws only on a change
+    st, changed, status, ended = read(st)                     # one read of the followed run, for a draw of its own
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from studio.ui import jobs, monitor
 
 EVERY = 3.0  # seconds between two reads of a followed run's folder
 HEARTBEAT = 30.0  # a watch that found nothing new sends an empty update this often: a closed tab's watch then ends
+FINISHED = ("done", "error", "aborted", "crashed")  # the statuses of a run that has ended, one way or another
 
 
 def watcher(draw, every: float = EVERY, heartbeat: float = HEARTBEAT):
@@ -47,15 +49,21 @@ def watcher(draw, every: float = EVERY, heartbeat: float = HEARTBEAT):
     return watch
 
 
+def read(st: dict) -> tuple[dict, bool, str, bool]:
+    """One read of the followed run (monitor.tick; finished children reaped first): (state, changed, status, ended),
+    ended once it is neither running nor queued."""
+    jobs.reap()
+    st, changed, status = monitor.tick(st)
+    return st, changed, status, status not in ("running", "queued")
+
+
 def follow_job(event, state, outputs: list, redraw):
     """After `event`, follow the job in `state` (a monitor.follow dict), calling redraw(st, status, finished) for the
     updates of `outputs` only when its events or status changed. Returns the watch's event (to chain on its end)."""
     def draw(st, session):
-        jobs.reap()
-        st, changed, status = monitor.tick(st)
-        ended = status not in ("running", "queued")
+        st, changed, status, ended = read(st)
         if not changed:
             return st, ended, (gr.skip(),) * len(outputs)
-        return st, ended, redraw(st, status, status in ("done", "error", "aborted", "crashed"))
+        return st, ended, redraw(st, status, status in FINISHED)
 
     return event.then(watcher(draw), state, [state, *outputs], show_progress="hidden", concurrency_limit=None)

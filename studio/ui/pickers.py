@@ -1,0 +1,138 @@
+"""The page's pickers of runs and models (the top bar's model and adapter, the Chat tab's B side, Evaluate's runs,
+Export's run folder) offer what the runs and models folders hold now, without a refresh click and without a timer
+(an idle page sends nothing):
+
+- the page's load fills them (gradio builds the page once, when the server starts: without it a page loaded later
+  offers the runs of that moment);
+- a picker that is opened (its focus event) reads its choices again, when the folders changed since this page got
+  them (`signature`: a few stat calls; the runs list itself, which reads every run's spec, only then);
+- an event after which runs may have changed (the Train tab's runs list changing: a followed run that starts or ends,
+  its ↻ refresh) reads again those that changed; the top bar's "↻ runs and models" button reads them all.
+
+    ctx.pickers.add(dropdown, lambda: choices(...))   # in a tab's build; like=other_dropdown: the same choices
+    ctx.pickers.refresh_on(listing.change)             # another event after which the folders may have changed
+    ctx.pickers.wire(demo, button)                     # once, after every tab is built (app.build_app)
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+
+from studio.run import status as runs
+
+SESSIONS = 2000  # pages whose last-sent signatures are kept (a page past them gets its pickers read again)
+
+
+def _entry(path: str, st: os.stat_result) -> tuple:
+    try:
+        events = os.stat(os.path.join(path, "events.jsonl")).st_size
+    except OSError:
+        events = -1
+    return st.st_mtime_ns, events
+
+
+def signature(runs_root: Path, model_roots: tuple = ()) -> tuple:
+    """What changes when a run folder comes or goes, writes an event (a start, an end) or a folder (adapter/,
+    checkpoint-N/), a sweep gets a point, or a model folder comes or goes: the folders' modification times and the
+    size of each run's events.jsonl. Cheap: two stat calls a run, no file read."""
+    out: list = []
+    for root in (runs_root, *model_roots):
+        try:
+            out.append((str(root), os.stat(root).st_mtime_ns))
+        except OSError:
+            out.append((str(root), None))
+    try:
+        entries = sorted(os.scandir(runs_root), key=lambda e: e.name)
+    except OSError:
+        return tuple(out)
+    for e in entries:
+        try:
+            if not e.is_dir():
+                continue
+            out.append((e.name, *_entry(e.path, e.stat())))
+            if os.path.isfile(os.path.join(e.path, runs.SWEEP)):
+                for p in sorted(os.scandir(e.path), key=lambda q: q.name):
+                    if p.is_dir():
+                        out.append((e.name, p.name, *_entry(p.path, p.stat())))
+        except OSError:
+            continue
+    return tuple(out)
+
+
+class Pickers:
+    """The pickers of a page, each with the function that lists its choices."""
+
+    def __init__(self, runs_root: Path, model_roots: tuple = ()):
+        self.runs_root, self.model_roots = Path(runs_root), tuple(model_roots)
+        self.items: list[tuple] = []  # (component, choices function, refreshed by the page's load)
+        self.triggers: list = []
+        self._seen: OrderedDict = OrderedDict()  # (session, index) -> the signature its choices were read at
+        self._lock = threading.Lock()
+
+    def add(self, comp, choices=None, like=None, on_load: bool = True):
+        """Keep `comp` current with `choices()` (or the same function as the picker `like`). on_load=False: its tab
+        already fills it at the page's load."""
+        if choices is None:
+            choices = next(fn for c, fn, _ in self.items if c is like)
+        self.items.append((comp, choices, on_load))
+        return comp
+
+    def refresh_on(self, trigger) -> None:
+        """After `trigger` (e.g. listing.change), the pickers whose folders changed read their choices again."""
+        self.triggers.append(trigger)
+
+    def _read(self, session: str, wanted, force: bool) -> list:
+        """gr.update(choices=...) for each picker in `wanted` (indices) whose folders changed since `session` got it
+        (all of them with `force`), gr.skip() for the others; each choices function is called once."""
+        sig = signature(self.runs_root, self.model_roots)
+        listed: dict = {}
+        out = []
+        for i, (comp, fn, _) in enumerate(self.items):
+            key = (session, i)
+            with self._lock:
+                fresh = not force and self._seen.get(key) == sig
+            if i not in wanted or fresh:
+                out.append(gr.skip())
+                continue
+            if fn not in listed:
+                listed[fn] = fn()
+            out.append(gr.update(choices=listed[fn]))
+            with self._lock:
+                self._seen[key] = sig
+                self._seen.move_to_end(key)
+                while len(self._seen) > SESSIONS * max(1, len(self.items)):
+                    self._seen.popitem(last=False)
+        return out
+
+    def wire(self, demo, button=None) -> None:
+        """The events: the page's load, each picker's focus, the triggers, and `button` (reads them all)."""
+        comps = [c for c, _, _ in self.items]
+        every = set(range(len(self.items)))
+        on_load = {i for i, (_, _, load) in enumerate(self.items) if load}
+        if not comps:
+            return
+
+        def at_load(request: gr.Request):
+            return self._read(request.session_hash, on_load, force=True)
+
+        def after(request: gr.Request):
+            return self._read(request.session_hash, every, force=False)
+
+        def everything(request: gr.Request):
+            return self._read(request.session_hash, every, force=True)
+
+        demo.load(at_load, None, comps, concurrency_limit=None)
+        if button is not None:
+            button.click(everything, None, comps, concurrency_limit=None)
+        if self.triggers:
+            gr.on(self.triggers, after, None, comps, show_progress="hidden", concurrency_limit=None)
+        for i, comp in enumerate(comps):
+            def opened(request: gr.Request, i=i):
+                return self._read(request.session_hash, {i}, force=False)[i]
+
+            # outside the queue: the answer is here before a person's pointer reaches an option of the opened list
+            comp.focus(opened, None, comp, show_progress="hidden", queue=False)
