@@ -110,9 +110,26 @@ def task_manager(task_dirs=(), include_defaults: bool = True):
     key = (include_defaults, *((str(f.resolve()), *((str(y), y.stat().st_mtime_ns) for y in sorted(f.rglob("*.yaml"))))
                                for f in folders))
     if key not in _MANAGERS:
-        _MANAGERS.clear()
+        for old in [k for k in _MANAGERS if k[0] == include_defaults]:
+            del _MANAGERS[old]  # one of each kind: with lm-eval's own tasks, and without
         _MANAGERS[key] = TaskManager(include_path=[_generated_copy(f) for f in folders], include_defaults=include_defaults)
     return _MANAGERS[key]
+
+
+def manager_for(names, task_dirs=()):
+    """The index of the pack and `task_dirs` alone when it holds every name and every task under them (it takes a
+    fraction of a second); else the full one with lm-eval's ~15,000 tasks (5-7 s to build, kept for the next call)."""
+    small = task_manager(task_dirs, include_defaults=False)
+    return small if names and all(_complete(small, n) for n in names) else task_manager(task_dirs)
+
+
+def _kids(tm, entry) -> list[str]:
+    """The names a group or tag of the index stands for (inline tasks are left out)."""
+    from lm_eval.tasks._index import Kind
+
+    kids = sorted(entry.tags) if entry.kind == Kind.TAG else entry.cfg.get("task") or []
+    kids = [k if isinstance(k, str) else k.get("task") or k.get("group") for k in (kids if isinstance(kids, list) else [kids])]
+    return [k for k in kids if isinstance(k, str)]
 
 
 def _leaves(tm, name: str, depth: int = 0) -> list[str]:
@@ -122,9 +139,20 @@ def _leaves(tm, name: str, depth: int = 0) -> list[str]:
     entry = tm.task_index.get(name)
     if entry is None or depth > 8 or entry.kind not in (Kind.TAG, Kind.GROUP):
         return [name] if entry is not None else []
-    kids = sorted(entry.tags) if entry.kind == Kind.TAG else entry.cfg.get("task") or []
-    kids = [k if isinstance(k, str) else k.get("task") or k.get("group") for k in (kids if isinstance(kids, list) else [kids])]
-    return [t for k in kids if isinstance(k, str) for t in _leaves(tm, k, depth + 1)]
+    return [t for k in _kids(tm, entry) for t in _leaves(tm, k, depth + 1)]
+
+
+def _complete(tm, name: str, depth: int = 0) -> bool:
+    """Whether the index holds `name` and everything under it."""
+    from lm_eval.tasks._index import Kind
+
+    entry = tm.task_index.get(name)
+    if entry is None or depth > 8:
+        return False
+    if entry.kind not in (Kind.TAG, Kind.GROUP):
+        return True
+    kids = _kids(tm, entry)
+    return bool(kids) and all(_complete(tm, k, depth + 1) for k in kids)
 
 
 def _missing_data(tm, task: str) -> list[str]:
@@ -148,7 +176,7 @@ def check_tasks(names: list[str], task_dirs=()) -> list[str]:
     problems = [f"task folder {d} not found" for d in map(Path, task_dirs or []) if not d.is_dir()]
     broken = {f: p for folder in _folders(task_dirs) for f in sorted(folder.rglob("*.yaml")) if (p := _yaml_problem(f))}
     problems += broken.values()
-    tm = task_manager(task_dirs)
+    tm = manager_for(names, task_dirs)
     for name in names:
         if name not in tm.task_index:
             close = difflib.get_close_matches(name, tm.all_tasks, n=4)
@@ -253,7 +281,7 @@ def score(model_path: str, adapters: dict | None, tasks: list[str], task_dirs=()
     folders = _adapter_folders(model_path, adapters or {})
     if problems := check_tasks(list(tasks), task_dirs):
         raise BenchmarkError("\n".join(problems))
-    tm = task_manager(task_dirs)
+    tm = manager_for(tasks, task_dirs)
     try:
         loaded = tm.load(list(tasks))["tasks"]
     except Exception as e:  # a data set that is neither local nor in the datasets cache (offline), a bad config
