@@ -1,10 +1,13 @@
 """Shared fixtures: a tiny random Llama model (built here, offline) and a scratch copy of the demo data."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,22 @@ def tiny_spec(tiny_model: Path, tmp_path: Path, data_dir: Path | str = ROOT / "d
 
 
 IDENTITY_OVERRIDES: list[str] = []  # the shipped example as it is: it must teach the name in one run
+
+
+@contextmanager
+def busy_run(folder: Path, *overrides: str):
+    """A run folder (`folder`, its spec.yaml from `overrides`) whose job is running: a `sleep 60` process group in its
+    job.json, killed when the block ends."""
+    from studio import spec as specmod
+
+    specmod.dump(specmod.load(None, [f"output_dir={folder}", *overrides]), folder / "spec.yaml")
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (folder / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+        yield sleeper
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def shared_dir(tmp_path_factory) -> Path:

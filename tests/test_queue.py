@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, busy_run, tiny_spec
 from studio import spec as specmod
 from studio.launch import queue
 from studio.run import events as ev
@@ -72,10 +72,7 @@ def test_cli_and_page_queue_behind_a_busy_device_with_the_same_words(tmp_path):
 
     root = tmp_path / "runs"
     busy = root / "busy"
-    specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+    with busy_run(busy, "launch.devices=0"):
         spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", [f"output_dir={root / 'page'}", "launch.devices=0,1"])
         out = jobs.start(spec, tmp_path, root)
         cli = _studio("train", "examples/identity_lora.yaml", f"output_dir={root / 'cli'}", "launch.devices=1",
@@ -95,18 +92,12 @@ def test_cli_and_page_queue_behind_a_busy_device_with_the_same_words(tmp_path):
         assert [e["event"] for e in gone] == ["aborted"] and gone[0]["message"] == "cancelled before it started"
         assert runs.job_info(root / "page") is None and runs.status(root / "page") == "aborted"
         _wait(lambda: not queue.entries(root), 10, "the queue to empty")
-    finally:
-        sleeper.kill()
-        sleeper.wait()
 
 
 def test_a_dead_waiter_is_started_again(tmp_path):
     root = tmp_path / "runs"
     busy = root / "busy"
-    specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+    with busy_run(busy):
         spec = specmod.load(ROOT / "examples" / "identity_lora.yaml", [f"output_dir={root / 'next'}"])
         proc, note = queue.submit(spec)
         assert proc is None and "busy is running" in note
@@ -124,27 +115,18 @@ def test_a_dead_waiter_is_started_again(tmp_path):
         assert "--to 3" in runs_view.queue_action(root, "move", "next", 3)
         assert runs_view.queue_action(root, "cancel", "later", None) == "cancelled later: it will not start"
         queue.cancel("next", root)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
 
 
 def test_without_detach_the_cli_waits_its_turn_then_follows(tiny_model, tmp_path):
     root = tmp_path / "runs"
     busy = root / "busy"
-    specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+    with busy_run(busy):
         cli = subprocess.Popen([sys.executable, "-m", "studio", "train", str(ROOT / "examples" / "identity_lora.yaml"),
                                 *tiny_spec(tiny_model, tmp_path, output_dir=root / "next", **{"train.max_steps": 2})],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait(lambda: runs.status(root / "next") == "queued", 60, "the job to be queued")
         time.sleep(2)
         assert cli.poll() is None  # it waits
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     out, err = cli.communicate(timeout=400)
     assert cli.returncode == 0, out[-2000:] + err[-2000:]
     assert "queued at position 1: busy is running on the same devices" in out and "step 2/2" in out and "\ndone:" in out

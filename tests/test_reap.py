@@ -6,13 +6,13 @@ a queued job's waiter leave no zombie (`<defunct>`) behind, whichever tab follow
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 
 import psutil
 import pytest
 
+from conftest import busy_run
 from studio import spec as specmod
 from studio.launch import command, queue
 from studio.ui import jobs
@@ -76,15 +76,9 @@ def test_a_job_that_ends_on_its_own_is_reaped(tmp_path, fake_job):
 def test_the_waiter_of_a_cancelled_queued_job_is_reaped(tmp_path):
     runs_root = tmp_path / "runs"
     busy = runs_root / "busy"
-    specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+    with busy_run(busy):
         run = jobs.start(specmod.load(None, [f"output_dir={runs_root / 'second'}"]), tmp_path, runs_root)
         waiter = json.loads((run / queue.QUEUED).read_text())["waiter"]
         queue.cancel("second", runs_root)  # the waiter sees it and exits
         assert gone(waiter, 60), f"the waiter is still here: {psutil.Process(waiter).status()}"
         assert waiter not in zombies()
-    finally:
-        sleeper.kill()
-        sleeper.wait()

@@ -56,16 +56,21 @@ def start_server(workdir: Path, port: int) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-@pytest.fixture
-def server(tmp_path):
-    workdir = tmp_path / "work"
+def serve_workdir(workdir: Path) -> dict:
+    """`studio webui` on a free port in a new working folder `workdir` holding a copy of data/: {url, workdir, proc}."""
     workdir.mkdir()
     shutil.copytree(ROOT / "data", workdir / "data")
     port = free_port()
     proc = start_server(workdir, port)
     url = f"http://127.0.0.1:{port}/"
     wait_served(url, proc)
-    info = {"url": url, "workdir": workdir, "proc": proc}
+    return {"url": url, "workdir": workdir, "proc": proc}
+
+
+@pytest.fixture
+def server(tmp_path):
+    workdir = tmp_path / "work"
+    info = serve_workdir(workdir)
     yield info
     info["proc"].terminate()
     info["proc"].wait(timeout=30)

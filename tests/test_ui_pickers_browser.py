@@ -8,15 +8,13 @@ No model is loaded: the finished runs are run folders written here (a spec, a `d
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
 from playwright.sync_api import expect
 
 from studio import spec as specmod
-from studio.launch.command import free_port
-from test_ui_browser import CHROMIUM, ROOT, accordion, open_app, page, settled, start_server, wait_served  # noqa: F401
+from test_ui_browser import CHROMIUM, accordion, open_app, page, serve_workdir, settled  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 
@@ -24,16 +22,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), rea
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One `studio webui` for the tests of this file (none of them starts a job)."""
-    workdir = tmp_path_factory.mktemp("pickers") / "work"
-    workdir.mkdir()
-    shutil.copytree(ROOT / "data", workdir / "data")
-    port = free_port()
-    proc = start_server(workdir, port)
-    url = f"http://127.0.0.1:{port}/"
-    wait_served(url, proc)
-    yield {"url": url, "workdir": workdir, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
+    info = serve_workdir(tmp_path_factory.mktemp("pickers") / "work")
+    yield info
+    info["proc"].terminate()
+    info["proc"].wait(timeout=30)
 
 
 def finished_run(workdir, name: str) -> None:

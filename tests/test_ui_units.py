@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import busy_run
 from studio import spec as specmod
 from studio.ui import chart, form, jobs, monitor
 from studio.ui.webui import check_access
@@ -234,10 +235,7 @@ def test_a_preview_is_kept_on_disk_until_its_data_changes(tiny_model, data_dir, 
 def test_second_start_on_the_same_devices_is_queued(tmp_path):
     runs_root = tmp_path / "runs"
     busy = runs_root / "busy"
-    specmod.dump(specmod.load(None, [f"output_dir={busy}"]), busy / "spec.yaml")
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        (busy / "job.json").write_text(json.dumps({"pid": sleeper.pid, "pgid": sleeper.pid, "argv": ["sleep"], "started": 1.0}))
+    with busy_run(busy):
         second = specmod.load(None, [f"output_dir={runs_root / 'second'}"])
         out = jobs.start(second, tmp_path, runs_root)
         assert "busy is running on the same devices" in jobs.notes[str(out)] and runs.status(out) == "queued"
@@ -248,9 +246,6 @@ def test_second_start_on_the_same_devices_is_queued(tmp_path):
         other_gpu = specmod.load(None, [f"output_dir={runs_root / 'second'}", "launch.devices=1"])
         specmod.dump(specmod.load(None, [f"output_dir={busy}", "launch.devices=0"]), busy / "spec.yaml")
         assert queue.busy_with(other_gpu, runs_root) is None
-    finally:
-        sleeper.kill()
-        sleeper.wait()
 
 
 def test_register_an_upload(tmp_path):

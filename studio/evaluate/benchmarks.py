@@ -13,6 +13,7 @@ import difflib
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -263,6 +264,18 @@ def _load(model_path: str, folders: dict[str, Path], device: str, dtype: str):
     return model.eval(), tok
 
 
+def compare(entry: dict, base: dict) -> None:
+    """A run's entry against the base's on the same task: "delta" (run - base, of the main metric and of each metric),
+    "delta_stderr" (the standard error of the difference, sqrt(se_run^2 + se_base^2)) and "lost" (it fell by more)."""
+    same = entry["metric"] == base["metric"]
+    entry["delta"] = entry["value"] - base["value"] if same else None
+    for m, v in entry["metrics"].items():
+        v["delta"] = v["value"] - base["metrics"][m]["value"] if m in base["metrics"] else None
+    se = [x for x in (entry.get("stderr"), base.get("stderr")) if isinstance(x, (int, float)) and math.isfinite(x)]
+    entry["delta_stderr"] = math.sqrt(sum(x * x for x in se)) if same and len(se) == 2 else None
+    entry["lost"] = bool(same and entry["delta"] < 0 and entry["delta_stderr"] is not None and -entry["delta"] > entry["delta_stderr"])
+
+
 def score(model_path: str, adapters: dict | None, tasks: list[str], task_dirs=(), num_fewshot: int | None = None,
           limit: int | float | None = None, batch_size: int = 8, apply_chat_template: bool | str = False,
           device: str = "cpu", dtype: str = "auto", cache_dir: str | Path | None = None, on_progress=None) -> dict:
@@ -275,7 +288,7 @@ def score(model_path: str, adapters: dict | None, tasks: list[str], task_dirs=()
 
     Returns {"models": {"base": {task: entry}, name: {task: entry}}, "tasks": [...], "settings": {...}}, an entry
     {"metric", "value", "stderr", "n", "version", "num_fewshot", "metrics": {name: {"value", "stderr"}}, "cached",
-    "seconds"} on lm-eval's scale (0-1); an adapter's entry and its metrics also hold "delta" (value - base's)."""
+    "seconds"} on lm-eval's scale (0-1); an adapter's entry also holds what `compare` adds."""
     import lm_eval
 
     folders = _adapter_folders(model_path, adapters or {})
@@ -316,10 +329,9 @@ def score(model_path: str, adapters: dict | None, tasks: list[str], task_dirs=()
                 _cache(cache, keys[task], entry)
             out[who][task] = {**entry, "cached": False}
             done += 1
-    for e, b in ((e, out["base"][task]) for who in folders for task, e in out[who].items()):
-        e["delta"] = e["value"] - b["value"] if e["metric"] == b["metric"] else None
-        for m, v in e["metrics"].items():
-            v["delta"] = v["value"] - b["metrics"][m]["value"] if m in b["metrics"] else None
+    for who in folders:
+        for task, e in out[who].items():
+            compare(e, out["base"][task])
     say(total, total, "done")
     return {"models": out, "tasks": list(loaded), "settings": {"model": model_path, "batch_size": batch_size,
             "adapters": {a: str(f) for a, f in folders.items()}, "load_seconds": load_s, **settings}}

@@ -212,7 +212,7 @@ def run(spec, run_dir: Path, writer: ev.EventWriter) -> dict:
     if prefscore.is_pair_eval(spec):
         out, results = run_pairs(spec, run_dir, writer), []
     elif eval_datasets(spec):
-        out, results = run_predictions(spec, entries, run_dir, writer)
+        out, results = run_predictions(spec, entries, run_dir, writer, say)
     else:
         writer.write("start", task="eval", total_steps=0, num_examples=0, models=[e.name for e in entries], datasets=[])
         out, results = {"step": 0, "metrics": {}}, []
@@ -241,12 +241,11 @@ def benchmark_step(spec, entries, run_dir: Path, writer: ev.EventWriter, say) ->
             "benchmarks_path": str(path)}
 
 
-def run_predictions(spec, entries, run_dir: Path, writer: ev.EventWriter) -> tuple[dict, list[dict]]:
+def run_predictions(spec, entries, run_dir: Path, writer: ev.EventWriter, say) -> tuple[dict, list[dict]]:
     samples = read_samples(spec)
     total = len(samples) * len(entries)
     writer.write("start", task="eval", total_steps=total, num_examples=len(samples), models=[e.name for e in entries],
                  datasets=eval_datasets(spec))
-    say = lambda text: writer.write("message", text=text)  # noqa: E731
     results = []
     for k, entry in enumerate(entries):
         base_done, t0 = k * len(samples), time.time()

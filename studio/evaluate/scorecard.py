@@ -12,7 +12,6 @@ a delta. A full fine-tune (a model/ folder) is scored as a model of its own; ada
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 BENCHMARKS = "benchmarks.json"
@@ -59,23 +58,12 @@ def run_benchmarks(spec, entries, tasks, say=print, progress=None) -> dict:
     first = benchmarks.score(base, adapters, tasks, on_progress=on_progress, **kw)
     base_name = next((e.name for e in entries if e.adapter is None and e.model == base), "base")
     models = {base_name: first["models"]["base"], **{n: first["models"][n] for n in adapters}}
-    for e in full:
+    for e in full:  # a model of its own: scored as a base, then compared with the real one
         models[e.name] = benchmarks.score(e.model, None, tasks, on_progress=on_progress, **kw)["models"]["base"]
-    for name, scores in models.items():
-        if name != base_name:
-            for task, entry in scores.items():
-                _delta(entry, models[base_name][task])
+        for task, entry in models[e.name].items():
+            benchmarks.compare(entry, models[base_name][task])
     return {"tasks": first["tasks"], "base": base_name, "models": models,
             "settings": {k: v for k, v in first["settings"].items() if k != "adapters"}}
-
-
-def _delta(entry: dict, base: dict) -> None:
-    """delta (run - base) and lost: it fell by more than the standard error of the difference, sqrt(se_run^2 + se_base^2)."""
-    same = entry["metric"] == base["metric"]
-    entry["delta"] = entry["value"] - base["value"] if same else None
-    se = [x for x in (entry.get("stderr"), base.get("stderr")) if isinstance(x, (int, float)) and math.isfinite(x)]
-    entry["delta_stderr"] = math.sqrt(sum(x * x for x in se)) if same and len(se) == 2 else None
-    entry["lost"] = bool(same and entry["delta"] < 0 and entry["delta_stderr"] is not None and -entry["delta"] > entry["delta_stderr"])
 
 
 def rows(bench: dict) -> list[dict]:

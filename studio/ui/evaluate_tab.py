@@ -276,12 +276,9 @@ def build(ctx) -> None:
     extremes = gr.Markdown(elem_id="eval-extremes")
 
     # --- handlers ---------------------------------------------------------------------------------------
-    def show(run, model, sort_by, text, a, b, order):
+    def show(run, model, sort_by, text, a, b):
         if not run:
-            return gr.update(), gr.update(), "", predictions_frame([]), "", "", "", scores_view.judgements_frame([])
-        summary, items = scores_view.read_judge(run)
-        scores = (scores_view.benchmark_html(scorecard.read(run)), scores_view.judge_md(summary),
-                  scores_view.judgements_frame(items, order))
+            return gr.update(), gr.update(), "", predictions_frame([]), ""
         result = predictions.load_results(run)
         models = [m["name"] for m in (result or {}).get("models", [])]
         model = model if model in models else (models[-1] if models else None)
@@ -289,13 +286,23 @@ def build(ctx) -> None:
         shown = filter_rows(rows, sort_by, text, a, b)
         note = f"{len(shown)} of {len(rows)} predictions" + (f" (first {SHOWN} shown)" if len(shown) > SHOWN else "")
         return (metrics_frame(result), gr.update(choices=models, value=model), note if rows else empty_note(result),
-                predictions_frame(shown), extremes_md(rows), *scores)
+                predictions_frame(shown), extremes_md(rows))
 
-    view_outputs = [metrics_table, model_pick, count, table, extremes, bench_html, judge_note, judged]
-    view_inputs = [opened, model_pick, sort, search, lo, hi, judge_sort]
-    for comp, event in ((model_pick, "input"), (sort, "input"), (search, "submit"), (lo, "submit"), (hi, "submit"), (opened, "input"),
-                        (judge_sort, "input")):
+    def show_scores(run, order):
+        """The benchmark table and the judge of an eval run: read when the run or the judged pairs' order changes."""
+        if not run:
+            return "", "", scores_view.judgements_frame([])
+        summary, items = scores_view.read_judge(run)
+        return (scores_view.benchmark_html(scorecard.read(run)), scores_view.judge_md(summary),
+                scores_view.judgements_frame(items, order))
+
+    view_outputs = [metrics_table, model_pick, count, table, extremes]
+    view_inputs = [opened, model_pick, sort, search, lo, hi]
+    score_outputs, score_inputs = [bench_html, judge_note, judged], [opened, judge_sort]
+    for comp, event in ((model_pick, "input"), (sort, "input"), (search, "submit"), (lo, "submit"), (hi, "submit"), (opened, "input")):
         getattr(comp, event)(show, view_inputs, view_outputs)
+    for comp in (opened, judge_sort):
+        comp.input(show_scores, score_inputs, score_outputs)
     search.blur(show, view_inputs, view_outputs)
 
     def on_start(data):
@@ -323,7 +330,9 @@ def build(ctx) -> None:
                 summary_md(result, status, st["run"], st["events"]) if finished else "", opened_update)
 
     # the evaluation is followed until it ends; then its predictions are shown (the one that ended is opened)
-    watch.follow_job(started, state, [progress, summary, opened], redraw).then(show, view_inputs, view_outputs)
+    ended = watch.follow_job(started, state, [progress, summary, opened], redraw)
+    ended.then(show, view_inputs, view_outputs)
+    ended.then(show_scores, score_inputs, score_outputs)
 
     def on_refresh():
         found = registry.names(workdir / "data") if (workdir / "data").is_dir() else []
