@@ -41,10 +41,13 @@ def finished_run(workdir, name: str) -> None:
 
 
 def offered(pg, elem_id: str, option: str) -> None:
-    """Open the dropdown `elem_id` and wait until its list offers `option`; close it again."""
-    pg.locator(f"#{elem_id} input").first.click()
+    """Open the dropdown `elem_id` and wait until its list offers `option`; close it again and leave it (the next
+    open is a new focus, as when a person comes back to it)."""
+    box = pg.locator(f"#{elem_id} input").first
+    box.click()
     pg.wait_for_selector(f"#{elem_id} [role=option][aria-label='{option}']", timeout=15_000)
     pg.keyboard.press("Escape")
+    box.blur()
 
 
 def test_runs_that_end_after_the_page_loaded_are_offered_by_every_picker_without_a_click(server, page):

@@ -365,3 +365,38 @@ def test_the_pickers_signature_changes_with_the_runs_and_only_then(tmp_path):
     assert with_events != after_new
     (root / "a" / "adapter").mkdir()
     assert pickers.signature(root) != with_events
+
+
+def test_a_picker_read_that_ends_after_a_later_one_sends_nothing(tmp_path):
+    """A read that lists the runs slowly (the page's load, a followed run's end) and ends after a picker opened and
+    got newer choices must not overwrite them: its answer comes last in the page."""
+    import threading
+
+    from studio.ui import pickers
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    listing, release = threading.Event(), threading.Event()
+    names = ["old"]
+
+    def choices():
+        seen = list(names)
+        if threading.current_thread().name == "slow":
+            listing.set()
+            release.wait(10)
+        return seen
+
+    box = pickers.Pickers(root)
+    box.add(object(), choices)
+    slow: list = []
+    t = threading.Thread(target=lambda: slow.extend(box._read("s", {0}, force=True)), name="slow")
+    t.start()
+    assert listing.wait(10)
+    names.append("new")
+    (root / "new").mkdir()
+    opened = box._read("s", {0}, force=False)[0]  # the picker opened meanwhile
+    release.set()
+    t.join(10)
+    assert opened["choices"] == ["old", "new"]
+    assert slow[0] == pickers.gr.skip()  # the slow read's older list is not sent
+    assert box._read("s", {0}, force=False)[0] == pickers.gr.skip()  # nothing changed since the newer one

@@ -70,7 +70,8 @@ class Pickers:
         self.runs_root, self.model_roots = Path(runs_root), tuple(model_roots)
         self.items: list[tuple] = []  # (component, choices function, refreshed by the page's load)
         self.triggers: list = []
-        self._seen: OrderedDict = OrderedDict()  # (session, index) -> the signature its choices were read at
+        self._seen: OrderedDict = OrderedDict()  # (session, index) -> (the signature its choices were read at, read no.)
+        self._reads = 0  # reads begun: a read answers a picker only if no later read has answered it
         self._lock = threading.Lock()
 
     def add(self, comp, choices=None, like=None, on_load: bool = True):
@@ -88,24 +89,31 @@ class Pickers:
     def _read(self, session: str, wanted, force: bool) -> list:
         """gr.update(choices=...) for each picker in `wanted` (indices) whose folders changed since `session` got it
         (all of them with `force`), gr.skip() for the others; each choices function is called once."""
-        sig = signature(self.runs_root, self.model_roots)
+        with self._lock:  # the read's number and its signature in one order
+            self._reads += 1
+            ticket, sig = self._reads, signature(self.runs_root, self.model_roots)
         listed: dict = {}
         out = []
         for i, (comp, fn, _) in enumerate(self.items):
             key = (session, i)
             with self._lock:
-                fresh = not force and self._seen.get(key) == sig
+                fresh = not force and self._seen.get(key, (None, 0))[0] == sig
             if i not in wanted or fresh:
                 out.append(gr.skip())
                 continue
             if fn not in listed:
                 listed[fn] = fn()
-            out.append(gr.update(choices=listed[fn]))
             with self._lock:
-                self._seen[key] = sig
+                if self._seen.get(key, (None, 0))[1] > ticket:
+                    # a later read (a picker opened while this one listed the runs) has sent newer choices already:
+                    # these, answered after it, would overwrite them
+                    out.append(gr.skip())
+                    continue
+                self._seen[key] = (sig, ticket)
                 self._seen.move_to_end(key)
                 while len(self._seen) > SESSIONS * max(1, len(self.items)):
                     self._seen.popitem(last=False)
+            out.append(gr.update(choices=listed[fn]))
         return out
 
     def wire(self, demo, button=None) -> None:
