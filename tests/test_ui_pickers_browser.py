@@ -100,7 +100,7 @@ def test_every_control_a_person_acts_on_has_a_name(server, page):
     accordion(pg, "chat-api").click()
     expect(pg.get_by_role("status", name="API server status")).to_contain_text("No server started", use_inner_text=True)
     pg.get_by_role("tab", name="Evaluate & Predict").click()
-    expect(pg.get_by_role("table", name="metrics of each model")).to_be_attached()
+    expect(pg.get_by_role("grid", name="metrics of each model")).to_be_attached()
     pg.get_by_role("tab", name="Export").click()
     expect(pg.get_by_role("button", name="↻ runs", exact=True)).to_be_visible()
     pg.get_by_role("tab", name="Data").click()

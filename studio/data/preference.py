@@ -155,11 +155,11 @@ def build(spec):
 
 
 def fitting(dataset_dir, stage: str) -> list[str]:
-    """The registered datasets whose shape the stage can train on (for the page's dataset lists)."""
-    try:
-        info = registry.read_info(dataset_dir)
-    except DataError:
-        return []
+    """The registered datasets whose shape the stage can train on (for the page's dataset lists): of a broken
+    dataset_info.json, the entries that can be read (the page names the problems above the lists)."""
+    from studio.data import registry_scan
+
+    info, _ = registry_scan.scan(dataset_dir)
     ok = STAGE_TABLE[stage].data
     out = []
     for n in info:

@@ -89,7 +89,7 @@ def top_bar(ctx: Ctx) -> None:
         }
         ctx.top = form.bind(TOP, special)
         ctx.refresh_top = gr.Button("↻ runs and models", elem_id="refresh-top", scale=0, min_width=150, size="sm")
-    ctx.pickers = ctx.pickers or picking.Pickers(ctx.runs_root, model_roots(ctx.workdir))
+    ctx.pickers = ctx.pickers or picking.Pickers(ctx.runs_root, (*model_roots(ctx.workdir), ctx.workdir / "data" / "dataset_info.json"))
     ctx.pickers.add(ctx.top["model.name_or_path"], functools.partial(model_choices, ctx.workdir))
     ctx.pickers.add(ctx.top["model.adapter"], functools.partial(adapter_choices, ctx.runs_root, ctx.workdir))
 
@@ -137,7 +137,7 @@ NAMES = {
     "#chat-a [role=log]": ("conversation A", ""),
     "#chat-b [role=log]": ("conversation B", ""),
     "#chat-save-msg": ("save result", "status"),
-    "#eval-metrics table": ("metrics of each model", ""),
+    "#eval-metrics [role=grid]": ("metrics of each model", ""),
     "#eval-message": ("evaluation message", "status"),
     "#export-message": ("export message", "status"),
     "#data-refresh": ("re-read the dataset list", ""),

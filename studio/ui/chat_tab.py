@@ -142,7 +142,7 @@ def build(ctx) -> None:
                              elem_id="chat-msg", scale=5)
         send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=0, min_width=90)
         stop = gr.Button("Stop", variant="stop", elem_id="chat-stop", scale=0, min_width=90)
-        clear = gr.Button("Clear", elem_id="chat-clear", scale=0, min_width=90)
+        clear = gr.Button("Clear all", elem_id="chat-clear", scale=0, min_width=100)
     with gr.Accordion("save to a dataset", open=True):
         gr.Markdown("Edit an answer in the chat (✎) until it is right, then save the conversation as training data. "
                     "Side by side, save the better last answer and the other one as a preference pair.")

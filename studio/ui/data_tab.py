@@ -36,7 +36,7 @@ def make_spec(values: dict, top: dict, runs_root: Path, workdir: Path) -> specmo
 
 def progress_html(events: list[dict], status: str, run: str | None) -> str:
     if not run:
-        return "<div class='st-progress st-idle'>Choose the settings and press Generate.</div>"
+        return monitor.idle_html("Choose the settings and press Generate.", "generation progress")
     prog = [e for e in events if e["event"] == "progress"]
     last = prog[-1] if prog else {}
     total, done = last.get("total") or 0, last.get("done") or 0
@@ -47,7 +47,7 @@ def progress_html(events: list[dict], status: str, run: str | None) -> str:
             f"dropped: {html.escape(dropped)}", f"failed requests {last.get('failed_requests', 0)}"]
     if last.get("phase") and status == "running":
         bits.append(f"phase: {html.escape(last['phase'])}")
-    return monitor.bar_html(run, status, pct, bits, kept=last.get('kept', 0), total=total)
+    return monitor.bar_html(run, status, pct, bits, "generation progress", kept=last.get('kept', 0), total=total)
 
 
 def tables(run: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -22,7 +22,7 @@ from studio.evaluate.prefscore import COLUMNS as PAIR_COLUMNS, KEYS as PAIR_KEYS
 from studio.evaluate import predictions
 from studio.run import status as runs
 from studio import spec as specmod
-from studio.errors import is_user_error
+from studio.errors import UserError, is_user_error
 from studio.evaluate import scorecard
 from studio.ui import form, jobs, monitor, scores_view, watch
 
@@ -37,6 +37,7 @@ BENCH_FIELDS = ["eval.benchmarks", "eval.benchmark_dirs", "eval.num_fewshot", "e
                 "eval.chat_template"]
 JUDGE_FIELDS = [["eval.judge", "eval.judge_against", "eval.judge_model", "eval.judge_retries", "eval.judge_max_new_tokens"],
                 ["eval.judge_base_url", "eval.judge_endpoint_model", "eval.judge_api_key_env"]]
+GENERATION = ["eval.max_new_tokens", "eval.do_sample", "eval.temperature", "eval.top_p", "eval.top_k", "eval.seed"]
 SCORES = [*metrics.KEYS]
 SORTS = [f"{k} {d}" for k in ("rouge-l", "bleu-4", "rouge-1", "rouge-2") for d in ("worst first", "best first")] + ["dataset order"]
 SHOWN = 500  # prediction rows sent to the page
@@ -55,6 +56,28 @@ def compare_choices(runs_root: Path, workdir: Path) -> list[str]:
             except ValueError:
                 out.append(str(r.path))
     return out
+
+
+def dataset_names(workdir: Path, dataset_dir: str | None) -> list[str]:
+    """The datasets registered in `dataset_dir` (none when it has no readable dataset_info.json: Start says why)."""
+    from studio.data import registry
+
+    try:
+        return registry.names(Path(workdir) / (dataset_dir or "data"))
+    except (UserError, OSError):
+        return []
+
+
+def only_pairs(workdir: Path, dataset_dir: str, names) -> bool:
+    """Whether every dataset chosen is preference pairs (none chosen, or one that cannot be read: no)."""
+    from studio.data import registry
+
+    names = [names] if isinstance(names, str) else list(names or [])
+    try:
+        folder = Path(workdir) / (dataset_dir or "data")
+        return bool(names) and all(registry.entry(folder, n).kind == "ranking" for n in names)
+    except (UserError, OSError):  # an unreadable entry is said at Start, where it belongs
+        return False
 
 
 def eval_runs(runs_root: Path) -> list[str]:
@@ -84,7 +107,7 @@ def progress_html(events: list[dict], status: str, run: str | None) -> str:
     """A progress bar: samples (or preference pairs, or benchmark tasks) done of all models, the rate, ETA, the model
     at work."""
     if not run:
-        return "<div class='st-progress st-idle'>No evaluation followed. Press Start, or open an earlier one below.</div>"
+        return monitor.idle_html("No evaluation followed. Press Start, or open an earlier one below.", "evaluation progress")
     start = next((e for e in events if e["event"] == "start"), {})
     prog = [e for e in events if e["event"] == "progress"]
     last = prog[-1] if prog else {}
@@ -105,7 +128,7 @@ def progress_html(events: list[dict], status: str, run: str | None) -> str:
     if status in ("error", "crashed"):
         end = ev.final(events) or {}
         bits.append(html.escape(end.get("message") or "the process ended without a final event; see output.log"))
-    return monitor.bar_html(run, status, pct, bits, done=done, total=total)
+    return monitor.bar_html(run, status, pct, bits, "evaluation progress", done=done, total=total)
 
 
 def metrics_frame(result: dict | None) -> pd.DataFrame:
@@ -340,7 +363,18 @@ def build(ctx) -> None:
                 gr.update(choices=eval_runs(runs_root)))
 
     refresh_btn.click(on_refresh, None, [fields["eval.compare"], fields["data.eval_dataset"], opened])
+
+    gen = [fields[n] for n in GENERATION]
+
+    def on_data(dataset_dir, names):  # preference pairs are scored, not generated from: their settings do not apply
+        shown = not only_pairs(workdir, dataset_dir, names)
+        return [gr.update(visible=shown) for _ in gen]
+
+    gr.on([fields["data.eval_dataset"].change, fields["data.dataset_dir"].change], on_data,
+          [fields["data.dataset_dir"], fields["data.eval_dataset"]], gen, show_progress="hidden")
     ctx.demo.load(on_refresh, None, [fields["eval.compare"], fields["data.eval_dataset"], opened])
     if ctx.pickers is not None:  # runs that end after the load are offered when a picker opens (ui/pickers.py)
         ctx.pickers.add(fields["eval.compare"], lambda: compare_choices(runs_root, workdir), on_load=False)
         ctx.pickers.add(opened, lambda: eval_runs(runs_root), on_load=False)
+        ctx.pickers.add(fields["data.eval_dataset"], lambda folder: dataset_names(workdir, folder), on_load=False,
+                        inputs=(fields["data.dataset_dir"],))

@@ -58,7 +58,7 @@ def make_spec(source: str, top_model: str, export_dir: str, gguf: list, values: 
 
 def progress_html(events: list[dict], status: str, run: str | None) -> str:
     if not run:
-        return "<div class='st-progress st-idle'>Pick a run and press Export.</div>"
+        return monitor.idle_html("Pick a run and press Export.", "export progress")
     prog = [e for e in events if e["event"] == "progress"]
     last = prog[-1] if prog else {}
     total, done = last.get("total") or 0, last.get("done") or 0
@@ -67,7 +67,7 @@ def progress_html(events: list[dict], status: str, run: str | None) -> str:
     phase = last.get("phase", "starting ...") if status == "running" else ""
     pct = 100 * done / total if total else 0
     bits = [f"phase {min(done + (status == 'running'), total)}/{total or '?'}" + (f": {html.escape(phase)}" if phase else "")]
-    return monitor.bar_html(run, status, pct, bits, step=done, total=total)
+    return monitor.bar_html(run, status, pct, bits, "export progress", step=done, total=total)
 
 
 def _size(n: int) -> str:

@@ -60,12 +60,18 @@ def _dur(s) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def bar_html(run: str, status: str, pct: float, details: list[str], **data) -> str:
-    """The progress bar of a followed run, the same on every tab: `data` as attributes after data-status (data-step,
-    data-total ...), the bar filled to `pct` percent, and a line: the run's name, its status, then `details`."""
+def idle_html(text: str, label: str) -> str:
+    """What a tab's progress bar says while it follows no run; `label` names it (a status, e.g. "training progress")."""
+    return f"<div class='st-progress st-idle' role='status' aria-label='{label}'>{text}</div>"
+
+
+def bar_html(run: str, status: str, pct: float, details: list[str], label: str, **data) -> str:
+    """The progress bar of a followed run, the same on every tab: a status named `label`, `data` as attributes after
+    data-status (data-step, data-total ...), the bar filled to `pct` percent, and a line: the run's name, its status,
+    then `details`."""
     attrs = "".join(f" data-{k}='{v}'" for k, v in {"status": status, **data}.items())
     bits = [f"<b>{html.escape(Path(run).name)}</b>", f"<span class='st-status st-{status}'>{status}</span>", *details]
-    return (f"<div class='st-progress'{attrs}>"
+    return (f"<div class='st-progress' role='status' aria-label='{label}'{attrs}>"
             f"<div class='st-bar'><div class='st-fill st-{status}' style='width:{pct:.1f}%'></div></div>"
             f"<div class='st-line'>{' · '.join(bits)}</div></div>")
 
@@ -73,7 +79,7 @@ def bar_html(run: str, status: str, pct: float, details: list[str], **data) -> s
 def progress_html(events: list[dict], status: str, run: str | None = None) -> str:
     """A progress bar with step/total, elapsed, ETA and tokens/s."""
     if not run:
-        return "<div class='st-progress st-idle'>No run followed. Press Start, or pick a run below.</div>"
+        return idle_html("No run followed. Press Start, or pick a run below.", "training progress")
     start = next((e for e in events if e["event"] == "start"), None)
     logs = [e for e in events if e["event"] == "log"]
     last = logs[-1] if logs else {}
@@ -95,7 +101,7 @@ def progress_html(events: list[dict], status: str, run: str | None = None) -> st
     if status == "running" and not logs:
         msgs = [e["text"] for e in events if e["event"] == "message"]
         bits.append(html.escape(msgs[-1]) if msgs else "loading data and model ...")
-    return bar_html(run, status, pct, bits, step=step, total=total, points=len(logs))
+    return bar_html(run, status, pct, bits, "training progress", step=step, total=total, points=len(logs))
 
 
 def log_size(run_dir: str | Path | None) -> int:

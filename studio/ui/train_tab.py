@@ -16,7 +16,7 @@ import gradio as gr
 
 from studio.run import status as runs
 from studio import spec as specmod
-from studio.data import registry, registry_scan
+from studio.data import preference, registry, registry_scan
 from studio.errors import is_user_error
 from studio.ui import chart, dataset_view, form, jobs, launch_fields, monitor, runs_view, stage_fields, watch
 
@@ -154,8 +154,8 @@ def build(ctx) -> None:
 
     with gr.Row():
         preview_btn = gr.Button("Preview command", elem_id="preview-cmd")
-        spec_path = gr.Textbox(value=f"{SPEC_DIR}/train.yaml", show_label=False, container=False, elem_id="spec-path", scale=2,
-                               info="spec file (inside the working folder)")
+        spec_path = gr.Textbox(value=f"{SPEC_DIR}/train.yaml", label="spec file", show_label=False, container=False,
+                               elem_id="spec-path", scale=2, info="spec file (inside the working folder)")
         save_btn = gr.Button("Save spec", elem_id="save-spec")
         load_btn = gr.Button("Load spec", elem_id="load-spec")
         start_btn = gr.Button("Start", variant="primary", elem_id="start")
@@ -198,6 +198,12 @@ def build(ctx) -> None:
     ds_inputs = [fields["data.dataset_dir"], fields["data.dataset"], fields["data.eval_dataset"]]
     ds_outputs = [fields["data.dataset"], fields["data.eval_dataset"], registry_note]
     refresh_data.click(on_refresh_data, ds_inputs, ds_outputs)
+    if ctx.pickers is not None:  # a dataset registered after the load (saved from Chat, added in Data) is offered
+        def fitting(stage, folder):
+            return preference.fitting(workdir / (folder or "data"), stage)
+
+        for n in ("data.dataset", "data.eval_dataset"):
+            ctx.pickers.add(fields[n], fitting, on_load=False, inputs=(fields["method.stage"], fields["data.dataset_dir"]))
     fields["data.dataset_dir"].submit(on_refresh_data, ds_inputs, ds_outputs)
 
     def on_preview(data):
