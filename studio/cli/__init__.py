@@ -4,6 +4,7 @@
     studio train --resume RUN [key=value ...]
     studio eval SPEC [key=value ...]  |  studio eval score PREDICTIONS.jsonl
     studio export SPEC [key=value ...]
+    studio merge [SPEC] [key=value ...]                          (merge.adapters=[runs/a,runs/b] merge.method=ties)
     studio generate SPEC [key=value ...]
     studio chat [--model M] [--adapter PATH]
     studio data check [--dataset-dir DIR] [--stage STAGE] [NAME ...]
@@ -18,7 +19,7 @@ import argparse
 import importlib
 import sys
 
-VERBS = ["train", "data", "runs", "chat", "eval", "export", "generate", "webui", "serve", "queue"]  # studio/cli/<verb>.py, in the order of `studio --help`
+VERBS = ["train", "data", "runs", "chat", "eval", "export", "merge", "generate", "webui", "serve", "queue"]  # studio/cli/<verb>.py, in the order of `studio --help`
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -147,4 +147,11 @@ def _generate(spec, runs_root) -> None:
         resolve_spec(spec.model)
 
 
-TASK_RULES = {"train": (_train_data, _train_method, _train_stage, _train_benchmarks), "eval": (_eval,), "export": (_export,), "generate": (_generate,)}
+def _merge(spec, runs_root) -> None:
+    from studio.merge import plan
+
+    plan(spec)  # every adapter: LoRA, on this base, of ranks the method takes
+
+
+TASK_RULES = {"train": (_train_data, _train_method, _train_stage, _train_benchmarks), "eval": (_eval,), "export": (_export,),
+              "generate": (_generate,), "merge": (_merge,)}

@@ -31,3 +31,6 @@ DEEPSPEED_PRESETS = ["z0", "z2", "z2_offload", "z3", "z3_offload"]
 PROMPT_STYLE = ("prefix", "prompt", "ptuning", "ptuning_v2")
 GGUF_TYPES = ("q4_k_m", "f16", "q8_0", "q5_k_m", "q6_k", "bf16", "f32")  # Q4_K_M first: what Ollama users run
 ATTN_IMPLEMENTATIONS = ["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"]
+MERGE_METHODS = ["cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
+                 "magnitude_prune", "magnitude_prune_svd"]
+DENSITY_METHODS = [m for m in MERGE_METHODS if m.startswith(("ties", "dare", "magnitude"))]

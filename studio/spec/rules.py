@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from studio.spec.fields import DEEPSPEED_PRESETS, GGUF_TYPES, PROMPT_STYLE, SpecError
+from studio.spec.fields import DEEPSPEED_PRESETS, DENSITY_METHODS, GGUF_TYPES, PROMPT_STYLE, SpecError
 from studio.spec.stages import validate as validate_stage
 
 
@@ -73,6 +73,7 @@ def validate(spec):
         bad(f"launch.deepspeed: `{la.deepspeed}` is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a .json path")
     if la.deepspeed and mo.quantization_bit is not None and la.deepspeed.startswith("z3"):
         bad("launch.deepspeed z3 with model.quantization_bit: ZeRO-3 cannot shard bitsandbytes weights; use z2")
+    _validate_merge(spec.merge, spec.task == "merge", bad)
     ex = spec.export
     ex.gguf = [str(q).lower() for q in ex.gguf]
     unknown = [q for q in ex.gguf if q not in GGUF_TYPES]
@@ -202,3 +203,18 @@ def _validate_generate(g, bad) -> None:
         bad("generate.generator=endpoint needs generate.base_url (e.g. http://127.0.0.1:8000/v1) and generate.endpoint_model")
     if g.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", g.api_key_env):
         bad(f"generate.api_key_env: `{g.api_key_env}` is not an environment variable NAME (e.g. OPENAI_API_KEY); never put the key itself in a spec")
+
+
+def _validate_merge(m, asked: bool, bad) -> None:
+    if asked and len(m.adapters) < 2:
+        bad("merge.adapters: name two or more adapters (run folders or adapter folders) to merge")
+    if m.weights and len(m.weights) != len(m.adapters):
+        bad(f"merge.weights: {len(m.weights)} weight(s) for {len(m.adapters)} adapter(s); give one per adapter, or none (1 each)")
+    try:
+        [float(w) for w in m.weights]
+    except (TypeError, ValueError):
+        bad(f"merge.weights: {m.weights} are not all numbers")
+    if m.method in DENSITY_METHODS and not 0 < m.density <= 1:
+        bad(f"merge.density: {m.density} is outside (0, 1]; it is the share of each adapter's values kept (0.5 is typical)")
+    if m.svd_rank is not None and m.svd_rank < 1:
+        bad("merge.svd_rank: at least 1, or empty for the largest rank merged")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, make_dataclass
 from typing import Optional, Union
 
-from studio.spec.fields import ATTN_IMPLEMENTATIONS, FINETUNING_TYPES, OPTIMIZERS, SCHEDULERS, _f, _sub
+from studio.spec.fields import ATTN_IMPLEMENTATIONS, FINETUNING_TYPES, MERGE_METHODS, OPTIMIZERS, SCHEDULERS, _f, _sub
 from studio.spec.stages import STAGE_TABLE, STAGES
 from studio.spec.tasks import TASKS
 
@@ -200,6 +200,20 @@ class GenerateSpec:
 
 
 @dataclass
+class MergeSpec:
+    adapters: list = _f([], "LoRA adapters to merge, two or more, all trained on model.name_or_path: run folders, adapter folders or checkpoints.")
+    weights: list = _f([], "One weight per adapter (negative subtracts); empty: 1 for each.")
+    method: str = _f("cat", "How (PEFT's add_weighted_adapter): cat (exact: the weighted sum of the adapters, rank = sum of ranks), "
+                     "linear (average A and B: same ranks, approximate), ties / dare_ties / dare_linear / magnitude_prune "
+                     "(prune to `density`, TIES resolves sign conflicts), svd and *_svd (on the full update, cut to svd_rank).",
+                     choices=MERGE_METHODS)
+    density: float = _f(0.5, "ties, dare, magnitude_prune: share of each adapter's values kept (0-1].")
+    majority_sign_method: str = _f("total", "ties: which sign wins a conflict, by total magnitude or by count.", choices=["total", "frequency"])
+    svd_rank: Optional[int] = _f(None, "svd methods: rank of the merged adapter. Empty: the largest rank merged.")
+    prompts: list = _f(["Who are you?"], "Asked of the merged adapter after the merge (greedy); the answers are in the run's result.")
+
+
+@dataclass
 class ServeSpec:
     adapters: list = _f([], "Adapters served beside the base model, each as NAME=PATH (PATH: a run folder, adapter, checkpoint or "
                             "export); a request's `model` picks one by NAME, the base model by its own name.")
@@ -236,6 +250,7 @@ class JobSpec:
     export: ExportSpec = _sub(ExportSpec, "Merging and conversion (task export).")
     generate: GenerateSpec = _sub(GenerateSpec, "Data generation: self-instruct or answers from a teacher (task generate).")
     serve: ServeSpec = _sub(ServeSpec, "The OpenAI-compatible API server (task serve).")
+    merge: MergeSpec = _sub(MergeSpec, "Merging LoRA adapters into one (task merge).")
     launch: LaunchSpec = _sub(LaunchSpec, "Processes, devices and DeepSpeed.")
 
     def __post_init__(self):

@@ -24,5 +24,6 @@ TASK_TABLE = {t.name: t for t in [
     Task("export", "studio.export.job", "an export run"),
     Task("generate", "studio.generate.job", "a data-generation run"),
     Task("serve", "studio.serve.job", "a server's run"),
+    Task("merge", "studio.merge.job", "a merge run"),
 ]}
 TASKS = list(TASK_TABLE)
