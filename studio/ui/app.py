@@ -140,6 +140,7 @@ NAMES = {
     "#eval-metrics [role=grid]": ("metrics of each model", ""),
     "#eval-message": ("evaluation message", "status"),
     "#export-message": ("export message", "status"),
+    "#merge-message": ("merge message", "status"),
     "#data-refresh": ("re-read the dataset list", ""),
 }
 NAMES_SCRIPT = """() => {

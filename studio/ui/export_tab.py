@@ -14,7 +14,7 @@ from studio.run import events as ev
 from studio.run import status as runs
 from studio import spec as specmod
 from studio.errors import is_user_error
-from studio.ui import form, jobs, monitor, watch
+from studio.ui import form, jobs, merge_panel, monitor, watch
 
 TITLE = "Export"
 FIELDS = ["export.dtype", "export.max_shard_size", "export.verify", "export.overwrite"]
@@ -22,10 +22,10 @@ GGUF_TYPES = list(specmod.GGUF_TYPES)  # q4_k_m first: what Ollama users run
 
 
 def run_choices(runs_root: Path, workdir: Path) -> list:
-    """Finished training runs that hold an adapter/ or a model/ folder, newest first."""
+    """Finished training (and merge) runs that hold an adapter/ or a model/ folder, newest first."""
     out = []
     for r in runs.list_runs(runs_root):
-        if r.task != "train" or not ((r.path / "adapter").is_dir() or (r.path / "model").is_dir()):
+        if r.task not in ("train", "merge") or not ((r.path / "adapter").is_dir() or (r.path / "model").is_dir()):
             continue
         try:
             rel = str(r.path.resolve().relative_to(Path(workdir).resolve()))
@@ -154,3 +154,4 @@ def build(ctx) -> None:
                 result_markdown(st["events"], status, st["run"]) if finished else "")
 
     watch.follow_job(started, state, [progress, result], redraw)
+    merge_panel.build(ctx)
