@@ -156,16 +156,3 @@ def identity_run(tmp_path_factory) -> Path:
             res = subprocess.run(_identity_cmd(out), cwd=ROOT, capture_output=True, text=True, timeout=900)
             assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out
-
-
-EARLY = "test_ui_walk_browser.py"  # the longest file (~2 min on one worker): run it beside others, not alone at the end
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n 2 --dist loadfile` a file goes to the next free worker in collection order; the alphabetical
-    order put the walk last, with the other worker idle for its last two minutes. It comes right after test_chat.py
-    now (the first files that wait for the shared identity run it needs too)."""
-    walk = [i for i in items if i.path.name == EARLY]
-    rest = [i for i in items if i.path.name != EARLY]
-    at = next((k for k, i in enumerate(rest) if i.path.name > "test_chat.py"), len(rest))
-    items[:] = rest[:at] + walk + rest[at:]
