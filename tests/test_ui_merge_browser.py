@@ -59,5 +59,9 @@ def test_two_lora_runs_merge_with_ties_into_a_run_the_top_bar_offers(server, pag
     merged = next(p for p in (workdir / "runs").iterdir() if "-merge-" in p.name)
     assert json.loads((merged / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
     assert specmod.load(merged / "spec.yaml").model.name_or_path == str(tiny_model)  # the base of the adapters
+    from studio.model.source import resolve_folder
+
+    r = resolve_folder(merged, str(tiny_model))  # what chat, evaluate, serve and export resolve
+    assert r.adapter == merged / "adapter" and r.peft_type == "LORA"
     pg.get_by_role("combobox", name="adapter / checkpoint").click()  # offered without a refresh click
     expect(pg.get_by_role("option", name=f"{merged.name} (done)", exact=True)).to_be_visible(timeout=15_000)

@@ -90,7 +90,7 @@ def test_chat_pairs_dpo_evaluate_serve_stop(server, page, identity_run):
     expect(status).to_contain_text("identity_lora", use_inner_text=True)
     pg.get_by_role("button", name="generation").click()  # the settings are in a closed accordion
     set_number(pg, "temperature", 0)
-    set_number(pg, "max new tokens", 40)
+    set_number(pg, "max new tokens", 24)
 
     # one conversation, its answer fixed by hand and saved as training data
     send(pg, QUESTIONS[0], 0)
