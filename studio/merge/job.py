@@ -32,6 +32,7 @@ def merge(spec, run_dir: Path, writer) -> dict:
 
     from studio.merge import plan
     from studio.model import models
+    from studio.spec.fields import DENSITY_METHODS
 
     m = spec.merge
     parts = plan(spec)
@@ -45,7 +46,7 @@ def merge(spec, run_dir: Path, writer) -> dict:
     for name, part in zip(names[1:], parts[1:]):
         model.load_adapter(str(part.adapter), adapter_name=name)
     _phase(writer, 2, total, f"merge ({m.method})")
-    kwargs = {"density": m.density} if m.method.startswith(("ties", "dare", "magnitude")) else {}
+    kwargs = {"density": m.density} if m.method in DENSITY_METHODS else {}
     if m.method.startswith("ties") or m.method.startswith("dare_ties"):
         kwargs["majority_sign_method"] = m.majority_sign_method
     if m.method.endswith("svd"):

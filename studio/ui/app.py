@@ -27,7 +27,7 @@ import gradio as gr
 from studio.model import models
 from studio.run import status as runs
 from studio.data.templates import NAMES as TEMPLATES
-from studio.ui import chart, form, pickers as picking
+from studio.ui import chart, form, jobs, pickers as picking
 
 TABS = ["studio.ui.train_tab", "studio.ui.evaluate_tab", "studio.ui.chat_tab", "studio.ui.export_tab", "studio.ui.data_tab"]
 
@@ -67,11 +67,7 @@ def adapter_choices(runs_root: Path, workdir: Path) -> list:
     out = [("none", "")]
     for r in runs.list_runs(runs_root):
         if (r.path / "adapter" / "adapter_config.json").exists() or runs.last_checkpoint(r.path):
-            try:
-                rel = str(r.path.resolve().relative_to(Path(workdir).resolve()))
-            except ValueError:
-                rel = str(r.path)
-            out.append((f"{r.name} ({r.status})", rel))
+            out.append((f"{r.name} ({r.status})", jobs.shown(r.path, workdir)))
     return out
 
 

@@ -51,10 +51,7 @@ def compare_choices(runs_root: Path, workdir: Path) -> list[str]:
     out = ["base"]
     for r in runs.list_runs(runs_root):
         if (r.path / "adapter" / "adapter_config.json").exists() or (r.path / "model" / "config.json").exists():
-            try:
-                out.append(str(r.path.resolve().relative_to(Path(workdir).resolve())))
-            except ValueError:
-                out.append(str(r.path))
+            out.append(jobs.shown(r.path, workdir))
     return out
 
 

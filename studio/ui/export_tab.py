@@ -27,11 +27,7 @@ def run_choices(runs_root: Path, workdir: Path) -> list:
     for r in runs.list_runs(runs_root):
         if r.task not in ("train", "merge") or not ((r.path / "adapter").is_dir() or (r.path / "model").is_dir()):
             continue
-        try:
-            rel = str(r.path.resolve().relative_to(Path(workdir).resolve()))
-        except ValueError:
-            rel = str(r.path)
-        out.append((f"{r.name} ({r.method}, {r.status})", rel))
+        out.append((f"{r.name} ({r.method}, {r.status})", jobs.shown(r.path, workdir)))
     return out
 
 

@@ -30,15 +30,18 @@ def inside(workdir: Path, path: str | Path, what: str) -> Path:
     return p
 
 
+def shown(path: Path, workdir: Path) -> str:
+    """`path` relative to the working folder (as the page's pickers and specs name folders), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(workdir).resolve()))
+    except ValueError:
+        return str(path)
+
+
 def auto_output_dir(runs_root: Path, spec: specmod.JobSpec, workdir: Path) -> str:
     """runs/<time>-<method>-<datasets>, unique; relative to the working folder."""
     data = "+".join(spec.data.dataset)[:40] or spec.task
-    name = f"{runs.stamp()}-{spec.method.finetuning_type}-{data}"
-    p = runs.unique_dir(runs_root, name)
-    try:
-        return str(p.resolve().relative_to(Path(workdir).resolve()))
-    except ValueError:
-        return str(p)
+    return shown(runs.unique_dir(runs_root, f"{runs.stamp()}-{spec.method.finetuning_type}-{data}"), workdir)
 
 
 def reap() -> None:

@@ -27,11 +27,7 @@ def lora_runs(runs_root: Path, workdir: Path) -> list:
                 continue
         except (OSError, ValueError):
             continue
-        try:
-            rel = str(r.path.resolve().relative_to(Path(workdir).resolve()))
-        except ValueError:
-            rel = str(r.path)
-        out.append((f"{r.name} ({r.task}, {r.status})", rel))
+        out.append((f"{r.name} ({r.task}, {r.status})", jobs.shown(r.path, workdir)))
     return out
 
 
@@ -56,9 +52,8 @@ def make_spec(adapters: list, weights: str, method: str, density, out_dir: str, 
     spec = specmod.load(None, [], base={"task": "merge", "model": {"name_or_path": base},
                                         "merge": {"adapters": folders, "weights": weights_of(weights), "method": method,
                                                   "density": float(density) if density not in (None, "") else 0.5}})
-    name = (out_dir or "").strip() or str(runs.unique_dir(runs_root, f"{runs.stamp()}-merge-{method}").resolve()
-                                          .relative_to(Path(workdir).resolve()))
-    spec.output_dir = str(jobs.inside(workdir, name, "merged run folder").resolve().relative_to(Path(workdir).resolve()))
+    folder = (out_dir or "").strip() or runs.unique_dir(runs_root, f"{runs.stamp()}-merge-{method}")
+    spec.output_dir = jobs.shown(jobs.inside(workdir, folder, "merged run folder"), workdir)
     return with_defaults(specmod.validate(spec))
 
 
